@@ -1,0 +1,24 @@
+"""``POST /api/generate``: relay an OpenAI-compatible token stream to the caller as it arrives.
+
+Vercel's Python runtime imports this file and serves the module-level ``app`` (ASGI). Everything
+it does lives in ``lib/``; this file only reads the settings once and composes. A bad setting or
+a missing key must not crash the import (the platform would turn that into an opaque failure):
+the function still starts and answers every request with a 500 that names the variable to fix.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lib.asgi import Receive, Scope, Send
+from lib.config import SettingsError, load_settings
+from lib.handler import GenerateHandler
+
+try:
+    handler = GenerateHandler(load_settings(os.environ))
+except SettingsError as error:
+    handler = GenerateHandler(None, settings_error=str(error))
+
+
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    await handler(scope, receive, send)

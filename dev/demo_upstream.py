@@ -1,0 +1,481 @@
+"""A fake OpenAI-compatible upstream that streams like the real one, and misbehaves on cue.
+
+One server, three jobs: the local server's upstream when no ``OPENAI_API_KEY`` is set (a fixed
+reply at a realistic pace), the test suite's fake upstream (queued :class:`Scenario` faults, and a
+:class:`SeenRequest` record of every request, including when the client hung up), and the
+benchmark's upstream. It doubles as documentation of the protocol (CONTRACT.md section 2):
+
+``POST /v1/chat/completions`` answers ``content-type: text/event-stream; charset=utf-8`` with::
+
+    data: {"id":"chatcmpl-demo1","object":"chat.completion.chunk","created":1700000000,
+           "model":"<echoed>","choices":[{"index":0,"delta":{"role":"assistant","content":""},
+           "finish_reason":null}]}
+    data: {... "choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":null}]}
+    data: {... "choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}
+    data: {... "choices":[],"usage":{"prompt_tokens":3,"completion_tokens":9,"total_tokens":12}}
+    data: [DONE]
+
+(each event ends with a blank line). ``POST /v1/completions`` is the same with
+``"object":"text_completion"``, ``choices[0].text`` and ``"logprobs":null``, and no opening role
+chunk. The usage chunk comes only when the request has ``stream_options.include_usage: true``;
+then, as OpenAI does, every other chunk carries ``"usage":null``. JSON is compact and non-ASCII
+is sent raw (UTF-8), as OpenAI sends it, so a character can straddle two writes.
+``GET /v1/models`` lists a few models. A body that is not a JSON object, or lacks
+``"stream": true``, gets a 400 in OpenAI's error shape. Any ``Authorization`` header (or none)
+is accepted and recorded.
+
+Starting it under pytest: ``server = await aiohttp_server(demo.app)``, base URL
+``str(server.make_url("/v1"))``. aiohttp 3.14's ``TestServer`` always turns on
+``handler_cancellation``, which is what lets the server notice a client hanging up while it has
+nothing to write (hanging, silent, stalled, gated); do not pass that kwarg yourself (it is a
+duplicate-keyword ``TypeError``). Elsewhere use :func:`start_demo_upstream`, which turns it on.
+When the server shuts down, handlers still waiting are cancelled, so a stalled stream never holds
+up teardown; that is not counted as a client close.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import socket
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, Literal
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+DEMO_REPLY = (
+    "Hello! I am the demo upstream — a stand-in for a real model, streaming one token at a "
+    "time. Schöne Grüße from the test bench 🚀. Set OPENAI_API_KEY to talk to a real model."
+)
+CREATED = 1700000000
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+MODELS = ("demo-model", "gpt-4o-mini", "gpt-3.5-turbo-instruct")
+
+_TOKEN = re.compile(r"\s*(?:\w+|[^\w\s]+)|\s+")
+_EOL = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
+_DEFAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
+    400: ("Invalid request.", "invalid_request_error", None),
+    401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    403: ("You are not allowed to use this model.", "invalid_request_error", None),
+    404: ("The model does not exist.", "invalid_request_error", "model_not_found"),
+    429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
+    500: ("The server had an error while processing your request.", "server_error", None),
+    503: ("The engine is currently overloaded.", "server_error", None),
+}
+
+
+def tokenize(text: str) -> list[str]:
+    """Split text the way a model emits it: words and punctuation runs, leading spaces attached.
+
+    ``"".join(tokenize(t)) == t`` for every ``t``, so streaming the tokens reproduces the text.
+    """
+    return _TOKEN.findall(text)
+
+
+def error_body(
+    message: str, error_type: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error envelope, used for non-200 bodies and in-band stream errors."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def default_error(status: int) -> dict[str, Any]:
+    """The body OpenAI sends with ``status`` (a generic one for statuses it has no text for)."""
+    if status in _DEFAULT_ERRORS:
+        message, error_type, code = _DEFAULT_ERRORS[status]
+    else:
+        message, error_type, code = HTTPStatus(status).phrase, "server_error", None
+    return error_body(message, error_type, code=code)
+
+
+@dataclass
+class Scenario:
+    """What the upstream does for one request; default = a normal, complete stream.
+
+    ``error`` is the whole JSON document sent: the body of a non-200 answer (default:
+    :func:`default_error`), or the data of the in-band event for ``ending="error"`` (default: a
+    ``server_error`` envelope). A ``content_type`` other than an event stream makes a 200 answer
+    one JSON object (the non-streamed completion), and a non-200 answer with a content type that
+    is not JSON a small HTML page, as a wrong base URL would get. ``huge_line_bytes`` is the
+    length of the ``data: ...`` line (without its line ending); that event comes before the
+    ordinary content events and does not count towards ``after`` or ``gate_after``.
+    ``gate_after=n`` waits after the n-th content event, before anything else is sent (including
+    the ending).
+    """
+
+    status: int = 200
+    error: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = SSE_CONTENT_TYPE
+    text: str | None = None
+    tokens: list[str] | None = None
+    pace: float | None = None
+    hang_before_headers: bool = False
+    silence_before_first: float = 0.0
+    framing: Literal["lf", "crlf", "cr"] = "lf"
+    write: Literal["event", "byte", "pairs"] = "event"
+    after: int | None = None
+    ending: Literal["done", "eof", "reset", "stall", "error"] = "done"
+    finish_reason: str = "stop"
+    huge_line_bytes: int = 0
+    gate: asyncio.Event | None = None
+    gate_after: int = 1
+
+
+@dataclass
+class SeenRequest:
+    """What the upstream saw of one request, and how it ended.
+
+    ``closed`` is set when the client closed the connection before the handler finished (never
+    for the server's own ``reset`` or shutdown). ``events_sent`` counts every SSE event written
+    to the socket so far, the opening role chunk and ``[DONE]`` included.
+    """
+
+    path: str
+    headers: CIMultiDictProxy[str]
+    json: Any
+    body: bytes = b""
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    events_sent: int = 0
+
+
+@dataclass(frozen=True)
+class _Chunks:
+    """Builds the chunk objects of one streamed reply in the requested API's shape."""
+
+    chat: bool
+    id: str
+    model: str
+    include_usage: bool
+
+    def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        chunk = {"id": self.id, "object": kind, "created": CREATED, "model": self.model}
+        chunk["choices"] = choices
+        if self.include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def _choice(self, text: str | None, finish_reason: str | None) -> dict[str, Any]:
+        if self.chat:
+            delta = {} if text is None else {"content": text}
+            return {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return {"text": text or "", "index": 0, "logprobs": None, "finish_reason": finish_reason}
+
+    def opening(self) -> dict[str, Any] | None:
+        if not self.chat:
+            return None
+        delta = {"role": "assistant", "content": ""}
+        return self._envelope([{"index": 0, "delta": delta, "finish_reason": None}])
+
+    def content(self, text: str) -> dict[str, Any]:
+        return self._envelope([self._choice(text, None)])
+
+    def finish(self, reason: str) -> dict[str, Any]:
+        return self._envelope([self._choice(None, reason)])
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        chunk = self._envelope([])
+        chunk["usage"] = _usage(prompt_tokens, completion_tokens)
+        return chunk
+
+    def whole(self, text: str, reason: str, prompt_tokens: int) -> dict[str, Any]:
+        """The non-streamed answer, for a 200 that is not an event stream."""
+        if self.chat:
+            message = {"role": "assistant", "content": text}
+            choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": reason}
+        else:
+            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": reason}
+        kind = "chat.completion" if self.chat else "text_completion"
+        usage = _usage(prompt_tokens, len(tokenize(text)))
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": CREATED,
+            "model": self.model,
+            "choices": [choice],
+            "usage": usage,
+        }
+
+
+class _EventWriter:
+    """Frames events with the scenario's line ending and writes them at its granularity."""
+
+    def __init__(self, resp: web.StreamResponse, scenario: Scenario, seen: SeenRequest) -> None:
+        self._resp = resp
+        self._eol = _EOL[scenario.framing]
+        self._mode = scenario.write
+        self._seen = seen
+        self._pending: list[bytes] = []
+
+    async def send(self, data: dict[str, Any] | str) -> None:
+        text = data if isinstance(data, str) else _dumps(data)
+        self._pending.append(b"data: " + text.encode() + self._eol + self._eol)
+        if self._mode != "pairs" or len(self._pending) == 2:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write what is pending; called before every wait so no event is held back by one."""
+        if not self._pending:
+            return
+        blob, count = b"".join(self._pending), len(self._pending)
+        self._pending.clear()
+        if self._mode == "byte":
+            for i in range(len(blob)):
+                await self._resp.write(blob[i : i + 1])
+        else:
+            await self._resp.write(blob)
+        self._seen.events_sent += count
+
+
+class DemoUpstream:
+    """The fake upstream: an aiohttp app plus the scenario queue and the record of requests."""
+
+    def __init__(self, *, pace: float = 0.03, reply: str = DEMO_REPLY) -> None:
+        self.pace = pace
+        self.reply = reply
+        self.seen: list[SeenRequest] = []
+        self._scenarios: deque[Scenario] = deque()
+        self._arrivals: asyncio.Queue[SeenRequest] = asyncio.Queue()
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._count = 0
+        self.app = web.Application()
+        self.app.router.add_post("/v1/chat/completions", self._handle)
+        self.app.router.add_post("/v1/completions", self._handle)
+        self.app.router.add_get("/v1/models", self._handle)
+        self.app.on_shutdown.append(self._cancel_handlers)
+
+    def push(self, *scenarios: Scenario) -> None:
+        """Queue scenarios; each valid completion request takes the next (none left: default)."""
+        self._scenarios.extend(scenarios)
+
+    async def next_request(self) -> SeenRequest:
+        """Wait for the next request not yet taken by a caller, in arrival order."""
+        return await self._arrivals.get()
+
+    async def _cancel_handlers(self, app: web.Application) -> None:
+        for task in list(self._handlers):
+            task.cancel()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        try:
+            payload: Any = json.loads(body) if body else None
+        except ValueError:
+            payload = None
+        seen = SeenRequest(request.path, request.headers, payload, body)
+        self.seen.append(seen)
+        self._arrivals.put_nowait(seen)
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            return await self._respond(request, seen)
+        except asyncio.CancelledError:
+            # handler_cancellation cancels us once the connection is lost (transport gone);
+            # a shutdown cancels us with the transport still open.
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                seen.closed.set()
+            raise
+        finally:
+            self._handlers.discard(task)
+            seen.finished.set()
+
+    async def _respond(self, request: web.Request, seen: SeenRequest) -> web.StreamResponse:
+        if request.method == "GET":
+            models = [
+                {"id": m, "object": "model", "created": CREATED, "owned_by": "demo"} for m in MODELS
+            ]
+            return web.json_response({"object": "list", "data": models})
+        payload = seen.json
+        if not isinstance(payload, dict):
+            message = "We could not parse the JSON body of your request: expected a JSON object."
+            return web.json_response(error_body(message, "invalid_request_error"), status=400)
+        if payload.get("stream") is not True:
+            message = 'This demo upstream only streams: set "stream": true.'
+            body = error_body(message, "invalid_request_error", param="stream")
+            return web.json_response(body, status=400)
+
+        scenario = self._scenarios.popleft() if self._scenarios else Scenario()
+        self._count += 1
+        chat = request.path.endswith("/chat/completions")
+        model = payload.get("model")
+        options = payload.get("stream_options")
+        chunks = _Chunks(
+            chat=chat,
+            id=f"{'chatcmpl' if chat else 'cmpl'}-demo{self._count}",
+            model=model if isinstance(model, str) else MODELS[0],
+            include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        )
+        text = self.reply if scenario.text is None else scenario.text
+        tokens = tokenize(text) if scenario.tokens is None else scenario.tokens
+        prompt_tokens = len(tokenize(_prompt_text(payload)))
+
+        if scenario.hang_before_headers:
+            await _forever()
+        if scenario.status != 200:
+            return _error_response(scenario)
+        headers = {**scenario.headers, "Content-Type": scenario.content_type}
+        if not scenario.content_type.startswith("text/event-stream"):
+            whole = chunks.whole("".join(tokens), scenario.finish_reason, prompt_tokens)
+            return web.Response(body=_dumps(whole).encode(), headers=headers)
+
+        huge = _huge(chunks, scenario.huge_line_bytes) if scenario.huge_line_bytes else None
+        resp = web.StreamResponse(headers=headers)
+        await resp.prepare(request)  # sends the headers now: a StreamResponse does not hold them
+        out = _EventWriter(resp, scenario, seen)
+        try:
+            await self._stream(scenario, chunks, tokens, prompt_tokens, huge, out)
+        except ConnectionResetError:  # a write found the client gone
+            seen.closed.set()
+            return resp
+        if scenario.ending == "reset":
+            _reset(request)
+            return resp
+        await resp.write_eof()
+        return resp
+
+    async def _stream(
+        self,
+        scenario: Scenario,
+        chunks: _Chunks,
+        tokens: list[str],
+        prompt_tokens: int,
+        huge: str | None,
+        out: _EventWriter,
+    ) -> None:
+        """Write the events up to the scenario's ending; a reset is left to the caller."""
+        pace = self.pace if scenario.pace is None else scenario.pace
+        if scenario.silence_before_first > 0:
+            await asyncio.sleep(scenario.silence_before_first)
+        opening = chunks.opening()
+        if opening is not None:
+            await out.send(opening)
+        sent = 0
+        if huge is not None:
+            await out.send(huge)
+            sent += 1
+        count = len(tokens) if scenario.after is None else min(scenario.after, len(tokens))
+        for i in range(count + 1):
+            if scenario.gate is not None and i == scenario.gate_after:
+                await out.flush()
+                await scenario.gate.wait()
+            if i == count:
+                break
+            if pace > 0:
+                await asyncio.sleep(pace)
+            await out.send(chunks.content(tokens[i]))
+            sent += 1
+
+        if scenario.ending == "done":
+            await out.send(chunks.finish(scenario.finish_reason))
+            if chunks.include_usage:
+                await out.send(chunks.usage(prompt_tokens, sent))
+            await out.send("[DONE]")
+        elif scenario.ending == "error":
+            await out.send(scenario.error or default_error(500))
+        await out.flush()
+        if scenario.ending == "stall":
+            await _forever()
+
+
+def _error_response(scenario: Scenario) -> web.Response:
+    """OpenAI's JSON error; or, given another non-JSON ``content_type``, a bare HTML page such
+    as a proxy or a wrong base URL answers with."""
+    status = scenario.status
+    if scenario.content_type == SSE_CONTENT_TYPE or "json" in scenario.content_type:
+        body = _dumps(scenario.error or default_error(status))
+        content_type = "application/json"
+    else:
+        title = f"{status} {HTTPStatus(status).phrase}"
+        body = f"<html><head><title>{title}</title></head><body><h1>{title}</h1></body></html>"
+        content_type = scenario.content_type
+    headers = {**scenario.headers, "Content-Type": content_type}
+    return web.Response(status=status, body=body.encode(), headers=headers)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _prompt_text(payload: dict[str, Any]) -> str:
+    """The request's text, for a deterministic ``prompt_tokens`` count."""
+    prompt = payload.get("prompt")
+    if isinstance(prompt, str):
+        return prompt
+    messages = payload.get("messages")
+    if not isinstance(messages, list):
+        return ""
+    parts = [m.get("content") for m in messages if isinstance(m, dict)]
+    return " ".join(p for p in parts if isinstance(p, str))
+
+
+def _huge(chunks: _Chunks, line_bytes: int) -> str:
+    """A content chunk whose ``data: ...`` line is exactly ``line_bytes`` bytes of valid JSON."""
+    skeleton = len(b"data: ") + len(_dumps(chunks.content("")).encode())
+    if line_bytes < skeleton:
+        raise ValueError(f"huge_line_bytes must be at least {skeleton}, got {line_bytes}")
+    return _dumps(chunks.content("x" * (line_bytes - skeleton)))
+
+
+async def _forever() -> None:
+    """Wait until cancelled: the client leaving (handler_cancellation) or server shutdown."""
+    await asyncio.get_running_loop().create_future()
+
+
+def _reset(request: web.Request) -> None:
+    """Abort with a TCP RST (SO_LINGER 0), not a FIN, as a crashed upstream or proxy would."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+async def start_demo_upstream(
+    host: str = "127.0.0.1", port: int = 0, pace: float = 0.03
+) -> tuple[DemoUpstream, web.AppRunner, str]:
+    """Serve a :class:`DemoUpstream`; returns it, its runner (``await runner.cleanup()`` to
+    stop) and the base URL ending in ``/v1``. Port 0 picks a free port."""
+    demo = DemoUpstream(pace=pace)
+    runner = web.AppRunner(demo.app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_host, bound_port = runner.addresses[0][:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    return demo, runner, f"http://{shown}:{bound_port}/v1"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m dev.demo_upstream --host 127.0.0.1 --port 8001 --pace 0.03``"""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--pace", type=float, default=0.03, help="seconds between tokens")
+    args = parser.parse_args(argv)
+    demo = DemoUpstream(pace=args.pace)
+    # run_app prints the bound address ("Running on http://..."); the base URL is that + /v1.
+    web.run_app(demo.app, host=args.host, port=args.port, handler_cancellation=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Settings: read once from the environment into one frozen object.
+
+``load_settings`` takes the environment as a mapping so that tests pass a dict. A value that
+cannot be used raises ``SettingsError`` naming the variable and the value; a missing
+``OPENAI_API_KEY`` is *not* an error here (the function must still import: every request then
+gets a 500 that names the variable, see ``api/generate.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FUNCTION_FILE = "api/generate.py"
+
+PromptEndpoint = Literal["chat", "completions"]
+
+
+class SettingsError(ValueError):
+    """Raised when an environment variable holds a value the function cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the function reads from its environment. Names mirror the variables."""
+
+    openai_api_key: str | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    default_model: str = "gpt-4o-mini"
+    allowed_models: frozenset[str] = frozenset({"gpt-4o-mini"})
+    max_tokens: int = 1024
+    max_body_bytes: int = 64 * 1024
+    max_prompt_chars: int = 32_000
+    max_messages: int = 64
+    prompt_endpoint: PromptEndpoint = "chat"
+    upstream_include_usage: bool = True
+    connect_timeout: float = 10.0
+    first_byte_timeout: float = 60.0
+    idle_timeout: float = 120.0
+    max_line_bytes: int = 1024 * 1024
+    upstream_max_connections: int = 1000
+    max_duration: float | None = None
+    deadline_margin: float = 2.0
+    keepalive_interval: float = 15.0
+    log_prompts: bool = False
+
+    @property
+    def chat_url(self) -> str:
+        return self.openai_base_url.rstrip("/") + "/chat/completions"
+
+    @property
+    def completions_url(self) -> str:
+        return self.openai_base_url.rstrip("/") + "/completions"
+
+
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def _number[T: (int, float)](
+    env: Mapping[str, str], name: str, default: T, cast: Callable[[str], T], low: T, high: T
+) -> T:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingsError(f"{name}={raw!r} is not a finite number")
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={raw!r} is outside {low}..{high}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def _csv(env: Mapping[str, str], name: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in env.get(name, "").split(",") if part.strip())
+
+
+def vercel_max_duration(root: Path = PROJECT_ROOT, function: str = FUNCTION_FILE) -> float | None:
+    """The ``maxDuration`` that ``vercel.json`` gives this function, if the file is deployed."""
+    try:
+        config = json.loads((root / "vercel.json").read_text(encoding="utf-8"))
+        value = config["functions"][function]["maxDuration"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    return float(value)
+
+
+def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Settings:
+    """Build the settings once per process; raises SettingsError on an unusable value."""
+    base_url = _text(env, "OPENAI_BASE_URL", "https://api.openai.com/v1")
+    if not base_url.startswith(("http://", "https://")):
+        raise SettingsError(f"OPENAI_BASE_URL={base_url!r} must start with http:// or https://")
+    default_model = _text(env, "DEFAULT_MODEL", "gpt-4o-mini")
+    allowed = _csv(env, "ALLOWED_MODELS") or frozenset({default_model})
+    if default_model not in allowed:
+        raise SettingsError(f"DEFAULT_MODEL={default_model!r} is not in ALLOWED_MODELS")
+    endpoint = _text(env, "PROMPT_ENDPOINT", "chat")
+    if endpoint not in ("chat", "completions"):
+        raise SettingsError(f"PROMPT_ENDPOINT={endpoint!r} must be chat or completions")
+    env_duration = _number(env, "MAX_DURATION", 0.0, float, 0.0, 86_400.0)
+    return Settings(
+        openai_api_key=env.get("OPENAI_API_KEY", "").strip() or None,
+        openai_base_url=base_url,
+        default_model=default_model,
+        allowed_models=allowed,
+        max_tokens=_number(env, "MAX_TOKENS", 1024, int, 1, 1_000_000),
+        max_body_bytes=_number(env, "MAX_BODY_BYTES", 64 * 1024, int, 256, 16 * 1024 * 1024),
+        max_prompt_chars=_number(env, "MAX_PROMPT_CHARS", 32_000, int, 1, 10_000_000),
+        max_messages=_number(env, "MAX_MESSAGES", 64, int, 1, 10_000),
+        prompt_endpoint="completions" if endpoint == "completions" else "chat",
+        upstream_include_usage=_flag(env, "UPSTREAM_INCLUDE_USAGE", True),
+        connect_timeout=_number(env, "UPSTREAM_CONNECT_TIMEOUT", 10.0, float, 0.01, 600.0),
+        first_byte_timeout=_number(env, "UPSTREAM_FIRST_BYTE_TIMEOUT", 60.0, float, 0.01, 3600.0),
+        idle_timeout=_number(env, "UPSTREAM_IDLE_TIMEOUT", 120.0, float, 0.01, 3600.0),
+        max_line_bytes=_number(
+            env, "UPSTREAM_MAX_LINE_BYTES", 1024 * 1024, int, 1024, 64 * 1024 * 1024
+        ),
+        upstream_max_connections=_number(env, "UPSTREAM_MAX_CONNECTIONS", 1000, int, 1, 100_000),
+        max_duration=vercel_max_duration(root) or (env_duration or None),
+        deadline_margin=_number(env, "DEADLINE_MARGIN", 2.0, float, 0.0, 600.0),
+        keepalive_interval=_number(env, "KEEPALIVE_INTERVAL", 15.0, float, 0.05, 600.0),
+        log_prompts=_flag(env, "LOG_PROMPTS", False),
+    )

@@ -1,0 +1,172 @@
+"""The one error tree of the function.
+
+Every failure the caller can see is an :class:`APIError`. Each class knows the HTTP status to
+answer with before the response has started, and a stable ``type`` string. Before the stream
+starts an error becomes the JSON envelope below with its status; once the stream has started it
+becomes the in-band error of the caller's format (see ``lib/formats.py``)::
+
+    {"error": {"type": "...", "message": "<what is wrong, plainly>", "param": "<field or null>"}}
+
+    APIError                          500 server_error
+    ├── RequestError                  400 invalid_request_error   the caller's request is wrong
+    │   ├── MethodNotAllowed          405 method_not_allowed
+    │   ├── UnsupportedMediaType      415 unsupported_media_type
+    │   ├── BodyTooLarge              413 request_too_large
+    │   └── UpstreamRejectedRequest   400 invalid_request_error   upstream said 400/404/422
+    ├── ConfigurationError            500 configuration_error     the deployment is misconfigured
+    ├── UpstreamError                 502 upstream_error          the provider failed us
+    │   ├── UpstreamAuthError         502 upstream_auth_error     it rejected the server's key
+    │   ├── UpstreamRateLimited       429 rate_limit_error        it said 429 (Retry-After kept)
+    │   ├── UpstreamTimeout           504 upstream_timeout        no answer in time
+    │   ├── UpstreamProtocolError     502 upstream_protocol_error not an event stream, bad JSON
+    │   │   └── UpstreamLineTooLong   502                         one SSE line over the limit
+    │   ├── UpstreamBroken            502 upstream_error          connection broke mid-stream
+    │   ├── UpstreamTruncated         502 upstream_error          ended without [DONE]
+    │   └── UpstreamStreamError       502 upstream_error          in-band error from upstream
+    └── DeadlineExceeded              504 deadline_exceeded       the function's time is up
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+
+class APIError(Exception):
+    """Raised for anything the caller should be told about."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        """The error object (without the outer ``error`` key)."""
+        return {"type": self.type, "message": self.message, "param": self.param}
+
+    def envelope(self) -> dict[str, Any]:
+        return {"error": self.body()}
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.envelope(), separators=(",", ":")).encode("ascii")
+
+
+class RequestError(APIError):
+    """Raised when the caller's request is malformed or out of range."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class MethodNotAllowed(RequestError):
+    """Raised for any method other than POST and OPTIONS."""
+
+    status = 405
+    type = "method_not_allowed"
+
+
+class UnsupportedMediaType(RequestError):
+    """Raised when the body is not declared as JSON."""
+
+    status = 415
+    type = "unsupported_media_type"
+
+
+class BodyTooLarge(RequestError):
+    """Raised as soon as the body passes the size cap, before reading the rest."""
+
+    status = 413
+    type = "request_too_large"
+
+
+class UpstreamRejectedRequest(RequestError):
+    """Raised when the provider rejects the request's content (400, 422, unknown model)."""
+
+
+class ConfigurationError(APIError):
+    """Raised when the deployment lacks a setting it needs (never the caller's fault)."""
+
+    status = 500
+    type = "configuration_error"
+
+
+class UpstreamError(APIError):
+    """Raised when the provider fails: 5xx, refused connection, unexpected answer."""
+
+    status = 502
+    type = "upstream_error"
+
+
+class UpstreamAuthError(UpstreamError):
+    """Raised when the provider rejects the server's own credentials (401, 403)."""
+
+    type = "upstream_auth_error"
+
+
+class UpstreamRateLimited(UpstreamError):
+    """Raised when the provider answers 429; its Retry-After travels on."""
+
+    status = 429
+    type = "rate_limit_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    """Raised when the provider does not connect, answer or send in time."""
+
+    status = 504
+    type = "upstream_timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """Raised when the provider's answer is not the stream we asked for."""
+
+    type = "upstream_protocol_error"
+
+
+class UpstreamLineTooLong(UpstreamProtocolError):
+    """Raised when one SSE line exceeds the configured limit (memory stays bounded)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The upstream sent a stream line longer than {limit} bytes.")
+        self.limit = limit
+
+
+class UpstreamBroken(UpstreamError):
+    """Raised when the provider's connection breaks after the stream started."""
+
+
+class UpstreamTruncated(UpstreamError):
+    """Raised when the provider's stream ends without [DONE] or a finish reason."""
+
+
+class UpstreamStreamError(UpstreamError):
+    """Raised when the provider sends an error event inside the stream."""
+
+
+class DeadlineExceeded(APIError):
+    """Raised when the invocation's time limit (minus the margin) is reached."""
+
+    status = 504
+    type = "deadline_exceeded"
+
+
+def redact(message: str, secret: str | None, limit: int = 1000) -> str:
+    """Upstream text on its way to a caller or a log: never with the key (or a long prefix of
+    it, as providers echo in "Incorrect API key provided: sk-abc...")."""
+    message = message[:limit]
+    if secret:
+        message = message.replace(secret, "[redacted]")
+        if len(secret) >= 12:
+            message = message.replace(secret[:8], "[redacted]")
+    return message

@@ -1,0 +1,156 @@
+"""One request's life: method -> body -> validation -> upstream -> relay -> one log line.
+
+Before the response starts, every failure is the JSON error envelope with its status; after,
+the relay turns failures into the format's in-band error. A caller's mistake is never a 500,
+and nothing here ever puts the key, a request header or a traceback into a response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from lib.asgi import ClientDisconnected, Exchange, Receive, Scope, Send, check_json_content_type
+from lib.config import Settings
+from lib.deadline import invocation_deadline
+from lib.errors import APIError, ConfigurationError, DeadlineExceeded, MethodNotAllowed
+from lib.formats import Format, OpenAIChat, OpenAICompletion
+from lib.log import RequestLog, emit, logger, warn
+from lib.relay import BreakConnection, relay
+from lib.request import GenerateRequest, build_upstream_request, parse_json_object, parse_request
+from lib.upstream import UpstreamClient
+
+ALLOW = b"OPTIONS, POST"
+
+
+class GenerateHandler:
+    """The ASGI application behind ``/api/generate``."""
+
+    def __init__(self, settings: Settings | None, *, settings_error: str | None = None) -> None:
+        self.settings = settings
+        self._settings_error = settings_error
+        self.client = UpstreamClient(settings) if settings is not None else None
+        if settings_error is not None:
+            warn(f"The function is misconfigured: {settings_error}.")
+        elif settings is not None and not settings.openai_api_key:
+            warn("OPENAI_API_KEY is not set; every request will fail with 500 until it is.")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        request_id = uuid.uuid4().hex
+        log = RequestLog(request_id=request_id, method=scope.get("method", ""))
+        exchange = Exchange(scope, receive, send)
+        id_header = (b"x-request-id", request_id.encode("ascii"))
+        try:
+            await self._handle(exchange, log, id_header, started)
+        except APIError as error:
+            log.error_type = error.type
+            if not exchange.started:
+                await exchange.respond_error(error, [id_header, *self._allow_header(error)])
+        except ClientDisconnected:
+            pass
+        except BreakConnection:
+            raise
+        except Exception:
+            logger.exception("unexpected error in request %s", request_id)
+            log.error_type = "server_error"
+            if not exchange.started:
+                failure = APIError("The function failed unexpectedly; see its logs.")
+                await exchange.respond_error(failure, [id_header])
+            else:
+                raise
+        finally:
+            log.status = exchange.status
+            log.bytes = exchange.bytes_sent
+            log.client_disconnected = exchange.disconnected
+            log.duration_ms = round((loop.time() - started) * 1000, 2)
+            emit(log)
+
+    @staticmethod
+    def _allow_header(error: APIError) -> list[tuple[bytes, bytes]]:
+        return [(b"allow", ALLOW)] if isinstance(error, MethodNotAllowed) else []
+
+    async def _handle(
+        self,
+        exchange: Exchange,
+        log: RequestLog,
+        id_header: tuple[bytes, bytes],
+        started: float,
+    ) -> None:
+        method = exchange.scope.get("method", "")
+        if method == "OPTIONS":
+            await exchange.start(204, [(b"allow", ALLOW), id_header])
+            await exchange.end()
+            return
+        if method != "POST":
+            raise MethodNotAllowed(f"Use POST to call this endpoint (got {method}).")
+        settings, client, api_key = self._configured()
+        check_json_content_type(exchange.scope)
+        body = parse_json_object(await exchange.read_body(settings.max_body_bytes))
+        request = parse_request(body, settings)
+        fmt = choose_format(request)
+        log.shape, log.format, log.model = request.shape, fmt.name, request.model
+        if settings.log_prompts:
+            log.prompt = request.text_for_log()
+        upstream_request = build_upstream_request(request, settings)
+
+        loop = asyncio.get_running_loop()
+        deadline = invocation_deadline(settings, started, loop.time())
+        cut_at = None if deadline is None else deadline - settings.deadline_margin
+        async with exchange:
+            try:
+                async with asyncio.timeout_at(cut_at):
+                    stream = await client.open(upstream_request, api_key)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    "The upstream did not answer before the function's time limit."
+                ) from None
+            await relay(
+                stream,
+                fmt,
+                exchange,
+                log,
+                settings=settings,
+                headers=[id_header],
+                cut_at=cut_at,
+                started=started,
+            )
+
+    def _configured(self) -> tuple[Settings, UpstreamClient, str]:
+        """The settings, or the 500 that says which variable to fix."""
+        if self.settings is None or self.client is None:
+            raise ConfigurationError(
+                f"The function is misconfigured: {self._settings_error}. Fix the environment "
+                "variable and redeploy."
+            )
+        if not self.settings.openai_api_key:
+            raise ConfigurationError(
+                "The server has no OPENAI_API_KEY configured. Set the OPENAI_API_KEY environment "
+                "variable for this function and redeploy."
+            )
+        return self.settings, self.client, self.settings.openai_api_key
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message: Any = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.client is not None:
+                    await self.client.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def choose_format(request: GenerateRequest) -> Format:
+    """The shape follows the request: ``prompt`` gets completion chunks, ``messages`` chat."""
+    if request.shape == "completion":
+        return OpenAICompletion(include_usage=request.include_usage)
+    return OpenAIChat(include_usage=request.include_usage)

@@ -1,0 +1,219 @@
+"""The upstream client: the only module that imports aiohttp.
+
+One ``ClientSession`` per process and event loop, created lazily inside the running loop on the
+first request and reused by every later one, so a warm function skips DNS, TCP and TLS set-up.
+aiohttp's defaults are wrong for a relay (CONTRACT.md section 6): its 300 s ``total`` timeout
+would cut every long stream and its 100-connection pool would queue stream 101. Here the connect,
+first-byte and idle limits are separate, there is no total, and the pool size is a setting.
+
+Every aiohttp exception is translated into ``lib.errors`` in :func:`_translate`, most specific
+first (aiohttp's timeouts are also connection errors). Messages never carry request headers, so
+the key cannot leak through an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+
+from lib.config import Settings
+from lib.errors import (
+    APIError,
+    UpstreamAuthError,
+    UpstreamBroken,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamRateLimited,
+    UpstreamRejectedRequest,
+    UpstreamTimeout,
+    redact,
+)
+from lib.request import UpstreamRequest
+
+USER_AGENT = "streaming-function/0.1 (+aiohttp)"
+ERROR_BODY_LIMIT = 64 * 1024
+_RETRY_AFTER = re.compile(r"[0-9]{1,10}(\.[0-9]{1,3})?|[A-Za-z0-9 ,:]{1,40} GMT")
+
+
+class UpstreamStream:
+    """An accepted upstream response whose body is read chunk by chunk."""
+
+    __slots__ = ("_response", "content_type", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.content_type = response.content_type
+
+    async def read(self) -> bytes:
+        """The next raw chunk as it arrived (``b""`` at the end). Safe to cancel: unread bytes
+        stay buffered, so a caller may wrap it in a timeout and call it again."""
+        try:
+            return await self._response.content.readany()
+        except aiohttp.ClientError as exc:
+            raise UpstreamBroken(
+                f"The upstream connection broke mid-stream ({type(exc).__name__})."
+            ) from None
+
+    def close(self) -> None:
+        """Drop the connection (a half-read stream cannot go back to the pool)."""
+        self._response.close()
+
+    def release(self) -> None:
+        """Return the connection to the pool after a complete read."""
+        self._response.release()
+
+
+class UpstreamClient:
+    """Sends the one streaming request per invocation; owns the shared session."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=None, sock_connect=settings.connect_timeout, sock_read=None
+        )
+
+    def _session_for_loop(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            connector = aiohttp.TCPConnector(
+                limit=self._settings.upstream_max_connections,
+                limit_per_host=0,
+                ttl_dns_cache=300,
+                keepalive_timeout=60,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                auto_decompress=False,
+                trust_env=False,
+                skip_auto_headers=("Accept-Encoding",),
+            )
+            self._loop = loop
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    async def open(self, request: UpstreamRequest, api_key: str) -> UpstreamStream:
+        """Send the request; return once the upstream accepted it with an event stream.
+
+        Raises an ``APIError`` mapped from the upstream's status, or from a failure to
+        connect or answer within the first-byte limit.
+        """
+        session = self._session_for_loop()
+        headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            "Accept-Encoding": "identity",
+            "User-Agent": USER_AGENT,
+        }
+        response: aiohttp.ClientResponse | None = None
+        with _translate(self._settings, "connect"):
+            async with asyncio.timeout(self._settings.first_byte_timeout):
+                response = await session.post(
+                    request.url, data=request.body, headers=headers, allow_redirects=False
+                )
+        try:
+            if response.status != 200:
+                raise await _status_error(response, api_key, self._settings)
+            if response.content_type != "text/event-stream":
+                raise UpstreamProtocolError(
+                    f"The upstream answered 200 with {response.content_type or 'no content type'}"
+                    ", not an event stream."
+                )
+        except BaseException:
+            response.close()
+            raise
+        return UpstreamStream(response)
+
+
+@contextlib.contextmanager
+def _translate(settings: Settings, phase: str) -> Iterator[None]:
+    """aiohttp and asyncio failures before the stream, as our errors (most specific first)."""
+    try:
+        yield
+    except APIError:
+        raise
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise UpstreamTimeout(
+            "The upstream did not answer in time "
+            f"(connect limit {settings.connect_timeout:g} s, first byte "
+            f"{settings.first_byte_timeout:g} s)."
+        ) from None
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamError(
+            f"Could not connect to the upstream ({exc.os_error.__class__.__name__})."
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(
+            f"The upstream request failed during {phase} ({type(exc).__name__})."
+        ) from None
+
+
+async def _status_error(
+    response: aiohttp.ClientResponse, api_key: str, settings: Settings
+) -> APIError:
+    status = response.status
+    message, code = await _error_details(response, api_key, settings)
+    if status in (400, 422):
+        return UpstreamRejectedRequest(message or f"The upstream rejected the request ({status}).")
+    if status == 404:
+        if code == "model_not_found" or (message and "model" in message.lower()):
+            return UpstreamRejectedRequest(
+                message or "The upstream does not know this model.", param="model"
+            )
+        return UpstreamError(
+            "The upstream has no such endpoint (404): check OPENAI_BASE_URL on the server."
+        )
+    if status in (401, 403):
+        return UpstreamAuthError(
+            f"The upstream rejected the server's credentials ({status}): check OPENAI_API_KEY "
+            "on the server."
+        )
+    if status == 429:
+        headers: dict[str, str] = {}
+        retry_after = response.headers.get("Retry-After", "").strip()
+        if _RETRY_AFTER.fullmatch(retry_after):
+            headers["Retry-After"] = retry_after
+        return UpstreamRateLimited(
+            message or "The upstream is rate limiting this server; try again later.",
+            headers=headers,
+        )
+    if 300 <= status < 400:
+        return UpstreamError(f"The upstream answered with a redirect ({status}); not followed.")
+    return UpstreamError(f"The upstream failed ({status}).")
+
+
+async def _error_details(
+    response: aiohttp.ClientResponse, api_key: str, settings: Settings
+) -> tuple[str | None, str | None]:
+    """The upstream's own error message and code, read with a size and time bound."""
+    try:
+        async with asyncio.timeout(settings.idle_timeout):
+            raw = await response.content.read(ERROR_BODY_LIMIT)
+        data: Any = json.loads(raw)
+    except (TimeoutError, aiohttp.ClientError, ValueError):
+        return None, None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, str):
+        return redact(error, api_key), None
+    if not isinstance(error, dict):
+        return None, None
+    message = error.get("message")
+    code = error.get("code")
+    return (
+        redact(message, api_key) if isinstance(message, str) else None,
+        code if isinstance(code, str) else None,
+    )

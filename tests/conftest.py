@@ -1,0 +1,136 @@
+"""Shared fixtures: the demo upstream on a real loopback server, and the function served by real
+uvicorn (as Vercel's runtime serves it), read by a real HTTP client.
+
+A canary key is the function's ``OPENAI_API_KEY`` in every test that builds one here; see
+``tests/test_secrets.py`` for the scan that proves it never leaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import uvicorn
+from aiohttp.test_utils import TestServer
+
+from dev.demo_upstream import DemoUpstream
+from lib.config import PROJECT_ROOT, load_settings
+from lib.handler import GenerateHandler
+
+CANARY_KEY = "sk-canary-7f3c9a1e5b2d4c6e8f0a1b3c5d7e9f1a"
+
+
+@dataclass
+class Function:
+    """A running function: its URL and the handler behind it."""
+
+    url: str
+    handler: GenerateHandler
+
+
+@pytest.fixture
+def demo() -> DemoUpstream:
+    return DemoUpstream(pace=0)
+
+
+@pytest.fixture
+async def upstream_url(
+    demo: DemoUpstream, aiohttp_server: Callable[..., Awaitable[TestServer]]
+) -> str:
+    server = await aiohttp_server(demo.app)  # TestServer turns on handler_cancellation
+    return str(server.make_url("/v1"))
+
+
+async def serve_asgi(app: Any) -> tuple[str, Callable[[], Awaitable[None]]]:
+    """Serve ``app`` with uvicorn on an ephemeral loopback port; returns (base URL, stop)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_level="warning",
+        timeout_graceful_shutdown=2,
+        ws="none",
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.001)
+
+    async def stop() -> None:
+        server.should_exit = True
+        await task
+        sock.close()
+
+    return f"http://127.0.0.1:{port}", stop
+
+
+@pytest.fixture
+async def make_function(
+    upstream_url: str,
+) -> AsyncIterator[Callable[..., Awaitable[Function]]]:
+    """Start the function with the given environment (on top of key and upstream URL)."""
+    stops: list[Callable[[], Awaitable[None]]] = []
+
+    async def start(root: Path = PROJECT_ROOT, **env: str) -> Function:
+        environ = {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": upstream_url, **env}
+        handler = GenerateHandler(load_settings(environ, root=root))
+        url, stop = await serve_asgi(handler)
+        stops.append(stop)
+        return Function(url=url + "/api/generate", handler=handler)
+
+    yield start
+    for stop in reversed(stops):
+        await stop()
+
+
+@pytest.fixture
+async def function(make_function: Callable[..., Awaitable[Function]]) -> Function:
+    return await make_function()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+class LogTap(logging.Handler):
+    """Collects the function's log lines; tests can await the next one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self._changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+        self._changed.set()
+
+    async def wait_for(self, count: int) -> list[str]:
+        """Wait (at most 5 s) until ``count`` lines were written."""
+        async with asyncio.timeout(5):
+            while len(self.lines) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.lines
+
+
+@pytest.fixture
+def logs() -> Iterator[LogTap]:
+    logger = logging.getLogger("streaming_function")
+    tap = LogTap()
+    logger.addHandler(tap)
+    yield tap
+    logger.removeHandler(tap)
