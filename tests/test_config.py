@@ -1,0 +1,94 @@
+"""Settings: read once from a mapping, frozen, and every bad value named with its variable."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from lib.config import Settings, SettingsError, load_settings, vercel_max_duration
+
+
+def test_defaults() -> None:
+    settings = load_settings({})
+    assert settings.openai_api_key is None
+    assert settings.chat_url == "https://api.openai.com/v1/chat/completions"
+    assert settings.completions_url == "https://api.openai.com/v1/completions"
+    assert settings.max_body_bytes == 64 * 1024
+    assert settings.allowed_models == {"gpt-4o-mini"}
+    assert settings.prompt_endpoint == "chat"
+    assert settings.upstream_include_usage is True
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        load_settings({}).max_tokens = 5  # type: ignore[misc]
+
+
+def test_values_from_the_environment() -> None:
+    settings = load_settings(
+        {
+            "OPENAI_API_KEY": " sk-x ",
+            "OPENAI_BASE_URL": "http://127.0.0.1:9/v1/",
+            "DEFAULT_MODEL": "b",
+            "ALLOWED_MODELS": "a, b ,",
+            "MAX_TOKENS": "50",
+            "PROMPT_ENDPOINT": "completions",
+            "UPSTREAM_INCLUDE_USAGE": "off",
+            "UPSTREAM_IDLE_TIMEOUT": "2.5",
+        }
+    )
+    assert settings.openai_api_key == "sk-x"
+    assert settings.chat_url == "http://127.0.0.1:9/v1/chat/completions"
+    assert settings.allowed_models == {"a", "b"}
+    assert settings.max_tokens == 50
+    assert settings.prompt_endpoint == "completions"
+    assert settings.upstream_include_usage is False
+    assert settings.idle_timeout == 2.5
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"MAX_TOKENS": "lots"}, "MAX_TOKENS='lots'"),
+        ({"MAX_TOKENS": "0"}, "MAX_TOKENS='0'"),
+        ({"UPSTREAM_IDLE_TIMEOUT": "nan"}, "UPSTREAM_IDLE_TIMEOUT='nan'"),
+        ({"UPSTREAM_INCLUDE_USAGE": "maybe"}, "UPSTREAM_INCLUDE_USAGE='maybe'"),
+        ({"OPENAI_BASE_URL": "ftp://x"}, "OPENAI_BASE_URL='ftp://x'"),
+        ({"PROMPT_ENDPOINT": "legacy"}, "PROMPT_ENDPOINT='legacy'"),
+        ({"DEFAULT_MODEL": "x", "ALLOWED_MODELS": "y"}, "DEFAULT_MODEL='x'"),
+    ],
+)
+def test_bad_values_name_the_variable_and_value(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(SettingsError, match=needle.replace("(", r"\(")):
+        load_settings(env)
+
+
+def test_max_duration_from_vercel_json_then_the_setting(tmp_path: Path) -> None:
+    assert load_settings({}, root=tmp_path).max_duration is None
+    assert load_settings({"MAX_DURATION": "30"}, root=tmp_path).max_duration == 30.0
+    (tmp_path / "vercel.json").write_text(
+        json.dumps({"functions": {"api/generate.py": {"maxDuration": 300}}})
+    )
+    assert vercel_max_duration(tmp_path) == 300.0
+    assert load_settings({"MAX_DURATION": "30"}, root=tmp_path).max_duration == 300.0
+
+
+def test_the_project_vercel_json_gives_60_seconds() -> None:
+    assert vercel_max_duration() == 60.0
+    assert Settings().max_duration is None
+
+
+def test_module_imports_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The original Edge Function threw at import; ours must start and answer 500 instead."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("MAX_TOKENS", "not-a-number")
+    sys.modules.pop("api.generate", None)
+    module = importlib.import_module("api.generate")
+    assert callable(module.app)
+    assert module.handler.settings is None
+    sys.modules.pop("api.generate", None)
