@@ -12,6 +12,7 @@ import pytest
 from aiohttp.client_reqrep import ConnectionKey
 from aioresponses import aioresponses
 
+from dev.demo_upstream import DemoUpstream, Scenario
 from lib.config import load_settings
 from lib.errors import UpstreamError, UpstreamTimeout
 from lib.request import UpstreamRequest
@@ -72,26 +73,33 @@ async def test_aiohttp_failures_become_our_errors(
     await client.close()
 
 
-async def test_one_session_and_connection_reused_across_requests(upstream_url: str) -> None:
+async def test_one_session_and_connection_reused_across_requests(
+    upstream_url: str, demo: DemoUpstream
+) -> None:
     """A warm function skips TCP (and TLS) set-up: the second request rides the first one's
     connection, from the same session."""
     client = UpstreamClient(load_settings({"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": upstream_url}))
     request = UpstreamRequest(upstream_url + "/chat/completions", b'{"stream":true}', "chat")
     ports = []
-    for _ in range(2):
-        stream = await client.open(request, KEY)
-        connection = stream._response.connection
-        assert connection is not None
-        assert connection.transport is not None
-        ports.append(connection.transport.get_extra_info("sockname")[1])
-        while await stream.read():
-            pass
-        stream.release()
-    session = client._session
-    assert session is not None
-    assert session.connector is not None
+    sessions = []
+    try:
+        for _ in range(2):
+            gate = asyncio.Event()  # holds the body open so the connection is still ours
+            demo.push(Scenario(gate=gate))
+            stream = await client.open(request, KEY)
+            connection = stream._response.connection
+            assert connection is not None
+            assert connection.transport is not None
+            ports.append(connection.transport.get_extra_info("sockname")[1])
+            sessions.append(client._session)
+            gate.set()
+            while await stream.read():
+                pass
+            stream.release()
+    finally:
+        await client.close()
+    assert sessions[0] is sessions[1]
     assert ports[0] == ports[1]
-    await client.close()
 
 
 async def test_session_belongs_to_the_running_loop() -> None:
