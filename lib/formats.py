@@ -141,6 +141,6 @@ def to_completion(chunk: Chunk) -> Chunk:
         "model": chunk.get("model", ""),
         "choices": choices,
     }
-    if "usage" in chunk:
+    if chunk.get("usage") is not None:
         result["usage"] = chunk["usage"]
     return result
