@@ -60,7 +60,7 @@ class RedisServer:
                     pytest.fail(f"redis-server did not start on port {self.port}")
                 time.sleep(0.01)  # polling a starting process, not hoping for timing
 
-    def keys(self) -> list[str]:
+    def stored_keys(self) -> list[str]:
         return sorted(k.decode() for k in self.client.keys(KEY_PREFIX + "*"))
 
     def pause(self) -> None:
