@@ -129,6 +129,14 @@ class Limiter:
         self._local = MemoryStore()  # rate/stream limits while the shared store is unreachable
         self.lease_ttl = (max_duration or DEFAULT_LEASE_TTL) + LEASE_MARGIN
         self._policy = self._policy_header()
+        self._warned_at: dict[str, float] = {}
+
+    def _warn(self, kind: str, message: str) -> None:
+        """At most one warning of each kind a minute: an outage must not flood the logs."""
+        now = self.clock()
+        if now - self._warned_at.get(kind, -math.inf) >= 60:
+            self._warned_at[kind] = now
+            warn(message)
 
     @property
     def enabled(self) -> bool:
@@ -155,9 +163,10 @@ class Limiter:
         try:
             return await operation(self.store), self.store
         except StoreError as error:
-            warn(
+            self._warn(
+                what,
                 f"The limit store is unreachable ({error}); {what} falls back to this "
-                "instance's memory."
+                "instance's memory.",
             )
             return await operation(self._local), self._local
 
@@ -231,7 +240,7 @@ class Limiter:
         try:
             used = await self.store.reserve(key, amount, budget.count, ttl, now)
         except StoreError as error:
-            warn(f"The limit store is unreachable ({error}); refusing requests with a budget.")
+            self._warn("budget", f"The limit store is unreachable ({error}); refusing requests.")
             raise StoreUnavailable(
                 "The usage ledger is unreachable, so no tokens can be spent right now. "
                 "Try again shortly.",
@@ -287,7 +296,7 @@ class Limiter:
             )
         except StoreError as error:
             # The reservation stands: the ledger errs on the side of the owner's money.
-            warn(f"Could not settle a token reservation ({error}); it stays charged in full.")
+            self._warn("settle", f"Could not settle a reservation ({error}); it stays in full.")
         return charged
 
     async def _release(self, admission: Admission) -> None:
@@ -297,7 +306,7 @@ class Limiter:
         try:
             await store.release(admission.lease_keys, lease)
         except StoreError as error:
-            warn(f"Could not release a stream lease ({error}); it expires on its own.")
+            self._warn("release", f"Could not release a stream lease ({error}); it will expire.")
 
     async def close(self) -> None:
         await self.store.close()
