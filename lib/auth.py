@@ -18,7 +18,6 @@ Mint one from a shell (reads ``AUTH_SIGNING_SECRET``)::
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import hashlib
@@ -161,6 +160,8 @@ class Authenticator:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse  # only the command line needs it; the function's cold start does not
+
     parser = argparse.ArgumentParser(prog="python -m lib.auth", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     mint = commands.add_parser("mint", help="print a signed token (AUTH_SIGNING_SECRET)")
