@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +49,7 @@ class Settings:
     deadline_margin: float = 2.0
     keepalive_interval: float = 15.0
     log_prompts: bool = False
+    protection: Protection = field(default_factory=lambda: Protection())
 
     @property
     def chat_url(self) -> str:
@@ -142,4 +144,97 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
         deadline_margin=_number(env, "DEADLINE_MARGIN", 2.0, float, 0.0, 600.0),
         keepalive_interval=_number(env, "KEEPALIVE_INTERVAL", 15.0, float, 0.05, 600.0),
         log_prompts=_flag(env, "LOG_PROMPTS", False),
+        protection=load_protection(env),
+    )
+
+
+# --- protection (issue 6): auth, rate limits, budgets; see docs/protection.md ------------------
+
+MIN_SECRET_CHARS = 32
+MIN_TOKEN_CHARS = 16
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+_RATE = re.compile(r"([0-9]{1,12})\s*/\s*([0-9]{0,9})\s*(s|sec|second|m|min|minute|h|hour|d|day)s?")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """``count`` per ``period`` seconds, as written in ``RATE_LIMIT=20/minute``."""
+
+    count: int
+    period: int
+
+
+@dataclass(frozen=True, slots=True)
+class Protection:
+    """Who may call, and how much: all off by default (then a loud warning at start)."""
+
+    auth_tokens: frozenset[str] = frozenset()
+    auth_signing_secret: str | None = None
+    rate_limit: Rate | None = None
+    max_concurrent_streams: int | None = None
+    global_max_concurrent_streams: int | None = None
+    token_budget: Rate | None = None
+    redis_url: str | None = None
+    store_timeout: float = 0.5
+    trust_proxy_header: str | None = None
+
+    @property
+    def auth_required(self) -> bool:
+        return bool(self.auth_tokens or self.auth_signing_secret)
+
+
+def parse_rate(name: str, raw: str) -> Rate | None:
+    """``20/minute``, ``100000/day``, ``5/10s``; empty or ``off`` means no limit."""
+    text = raw.strip().lower()
+    if text in ("", "off", "none"):
+        return None
+    match = _RATE.fullmatch(text)
+    if match is None or int(match[1]) < 1 or match[2] == "0":
+        raise SettingsError(
+            f"{name}={raw!r} is not a rate; write it like 20/minute, 100000/day or 5/10s"
+        )
+    period = int(match[2] or 1) * _UNITS[match[3][0]]
+    if period > 366 * 86_400:
+        raise SettingsError(f"{name}={raw!r}: the period may be at most 366 days")
+    return Rate(int(match[1]), period)
+
+
+def _optional_count(env: Mapping[str, str], name: str) -> int | None:
+    return _number(env, name, 0, int, 0, 1_000_000) or None
+
+
+def load_protection(env: Mapping[str, str]) -> Protection:
+    tokens = _csv(env, "AUTH_TOKENS")
+    for token in tokens:
+        if len(token) < MIN_TOKEN_CHARS or not token.isprintable() or " " in token:
+            raise SettingsError(
+                f"AUTH_TOKENS holds a token of {len(token)} characters; each must be at least "
+                f"{MIN_TOKEN_CHARS} printable characters without spaces"
+            )
+    secret = env.get("AUTH_SIGNING_SECRET", "").strip() or None
+    if secret is not None and len(secret) < MIN_SECRET_CHARS:
+        # The value is a secret: name its length, never the value.
+        raise SettingsError(
+            f"AUTH_SIGNING_SECRET has {len(secret)} characters; use at least {MIN_SECRET_CHARS} "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    redis_url = env.get("REDIS_URL", "").strip() or None
+    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
+    proxy = env.get("TRUST_PROXY_HEADER", "").strip().lower()
+    if not proxy:
+        # On Vercel the edge overwrites this header with the caller's address (docs/protection.md).
+        proxy = "x-vercel-forwarded-for" if env.get("VERCEL", "").strip() == "1" else "none"
+    if proxy != "none" and not re.fullmatch(r"[a-z0-9-]{1,64}", proxy):
+        raise SettingsError(f"TRUST_PROXY_HEADER={proxy!r} is not a header name (or none)")
+    return Protection(
+        auth_tokens=tokens,
+        auth_signing_secret=secret,
+        rate_limit=parse_rate("RATE_LIMIT", env.get("RATE_LIMIT", "")),
+        max_concurrent_streams=_optional_count(env, "MAX_CONCURRENT_STREAMS"),
+        global_max_concurrent_streams=_optional_count(env, "GLOBAL_MAX_CONCURRENT_STREAMS"),
+        token_budget=parse_rate("TOKEN_BUDGET", env.get("TOKEN_BUDGET", "")),
+        redis_url=redis_url,
+        store_timeout=_number(env, "STORE_TIMEOUT", 0.5, float, 0.01, 10.0),
+        trust_proxy_header=None if proxy == "none" else proxy,
     )

@@ -23,7 +23,11 @@ becomes the in-band error of the caller's format (see ``lib/formats.py``)::
     │   ├── UpstreamBroken            502 upstream_error          connection broke mid-stream
     │   ├── UpstreamTruncated         502 upstream_error          ended without [DONE]
     │   └── UpstreamStreamError       502 upstream_error          in-band error from upstream
-    └── DeadlineExceeded              504 deadline_exceeded       the function's time is up
+    ├── DeadlineExceeded              504 deadline_exceeded       the function's time is up
+    ├── AuthenticationError           401 authentication_error    no or bad bearer token
+    ├── RateLimited                   429 rate_limit_exceeded     a request or stream limit
+    │   └── BudgetExhausted           429 insufficient_quota      the token budget is spent
+    └── StoreUnavailable              503 store_unavailable       the limit store did not answer
 """
 
 from __future__ import annotations
@@ -159,6 +163,33 @@ class DeadlineExceeded(APIError):
 
     status = 504
     type = "deadline_exceeded"
+
+
+class AuthenticationError(APIError):
+    """Raised when authentication is on and the bearer token is missing, unknown or expired."""
+
+    status = 401
+    type = "authentication_error"
+
+
+class RateLimited(APIError):
+    """Raised when a caller is over a request-rate or concurrent-stream limit (429)."""
+
+    status = 429
+    type = "rate_limit_exceeded"
+
+
+class BudgetExhausted(RateLimited):
+    """Raised when a caller's token budget for the period is spent (429, not worth retrying)."""
+
+    type = "insufficient_quota"
+
+
+class StoreUnavailable(APIError):
+    """Raised when the limit store cannot be reached in time and a budget must fail closed."""
+
+    status = 503
+    type = "store_unavailable"
 
 
 def redact(message: str, secret: str | None, limit: int = 1000) -> str:

@@ -11,14 +11,30 @@ import asyncio
 import uuid
 from typing import Any
 
-from lib.asgi import ClientDisconnected, Exchange, Receive, Scope, Send, check_json_content_type
+from lib.asgi import (
+    ClientDisconnected,
+    Exchange,
+    Receive,
+    Scope,
+    Send,
+    check_json_content_type,
+    header,
+)
+from lib.auth import Authenticator
 from lib.config import Settings
 from lib.deadline import invocation_deadline
 from lib.errors import APIError, ConfigurationError, DeadlineExceeded, MethodNotAllowed
 from lib.formats import Format, OpenAIChat, OpenAICompletion
+from lib.limits import Limiter, client_key
 from lib.log import RequestLog, emit, logger, warn
 from lib.relay import BreakConnection, relay
-from lib.request import GenerateRequest, build_upstream_request, parse_json_object, parse_request
+from lib.request import (
+    GenerateRequest,
+    UpstreamRequest,
+    build_upstream_request,
+    parse_json_object,
+    parse_request,
+)
 from lib.upstream import UpstreamClient
 
 ALLOW = b"OPTIONS, POST"
@@ -31,6 +47,18 @@ class GenerateHandler:
         self.settings = settings
         self._settings_error = settings_error
         self.client = UpstreamClient(settings) if settings is not None else None
+        self.auth: Authenticator | None = None
+        self.limiter: Limiter | None = None
+        if settings is not None:
+            p = settings.protection
+            self.auth = Authenticator(p.auth_tokens, p.auth_signing_secret)
+            self.limiter = Limiter(p, max_duration=settings.max_duration)
+            if not self.auth.enabled and not p.rate_limit:
+                warn(
+                    "UNPROTECTED: this function spends your provider key for anyone who finds "
+                    "its URL: neither AUTH_TOKENS/AUTH_SIGNING_SECRET nor RATE_LIMIT is set. "
+                    "See docs/protection.md."
+                )
         if settings_error is not None:
             warn(f"The function is misconfigured: {settings_error}.")
         elif settings is not None and not settings.openai_api_key:
@@ -92,6 +120,10 @@ class GenerateHandler:
         if method != "POST":
             raise MethodNotAllowed(f"Use POST to call this endpoint (got {method}).")
         settings, client, api_key = self._configured()
+        assert self.auth is not None
+        assert self.limiter is not None
+        scope = exchange.scope
+        caller = self.auth.authenticate(header(scope, b"authorization"), header(scope, b"origin"))
         check_json_content_type(exchange.scope)
         body = parse_json_object(await exchange.read_body(settings.max_body_bytes))
         request = parse_request(body, settings)
@@ -100,7 +132,39 @@ class GenerateHandler:
         if settings.log_prompts:
             log.prompt = request.text_for_log()
         upstream_request = build_upstream_request(request, settings)
+        log.client = client_key(scope, settings.protection.trust_proxy_header, caller.client_id)
+        admission = await self.limiter.admit(log.client, request)
+        try:
+            await self._stream(
+                exchange,
+                log,
+                settings,
+                client,
+                api_key,
+                upstream_request,
+                fmt,
+                [id_header, *admission.headers],
+                started,
+            )
+        finally:
+            # The response starts only once the upstream accepted the request (it may charge).
+            log.tokens_charged = await self.limiter.finish(
+                admission, opened=exchange.started, usage=log.usage, events=log.events
+            )
 
+    async def _stream(
+        self,
+        exchange: Exchange,
+        log: RequestLog,
+        settings: Settings,
+        client: UpstreamClient,
+        api_key: str,
+        upstream_request: UpstreamRequest,
+        fmt: Format,
+        headers: list[tuple[bytes, bytes]],
+        started: float,
+    ) -> None:
+        """Call upstream and relay its stream within the invocation's deadline."""
         loop = asyncio.get_running_loop()
         deadline = invocation_deadline(settings, started, loop.time())
         cut_at = None if deadline is None else deadline - settings.deadline_margin
@@ -118,7 +182,7 @@ class GenerateHandler:
                 exchange,
                 log,
                 settings=settings,
-                headers=[id_header],
+                headers=headers,
                 cut_at=cut_at,
                 started=started,
             )
@@ -145,6 +209,8 @@ class GenerateHandler:
             elif message["type"] == "lifespan.shutdown":
                 if self.client is not None:
                     await self.client.close()
+                if self.limiter is not None:
+                    await self.limiter.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -39,6 +39,8 @@ class RequestLog:
     client_disconnected: bool = False
     error_type: str | None = None
     prompt: str | None = None
+    client: str | None = None  # what limits count against: token client id or address
+    tokens_charged: int | None = None  # settled against TOKEN_BUDGET
 
     def line(self) -> str:
         record = {k: v for k, v in asdict(self).items() if v is not None}

@@ -24,6 +24,8 @@ from dev.demo_upstream import DemoUpstream
 from lib.config import PROJECT_ROOT, load_settings
 from lib.handler import GenerateHandler
 
+pytest_plugins = ["tests.redisproc"]  # a real redis-server for the shared-limit tests
+
 CANARY_KEY = "sk-canary-7f3c9a1e5b2d4c6e8f0a1b3c5d7e9f1a"
 
 

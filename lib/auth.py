@@ -1,0 +1,185 @@
+"""Caller authentication: static bearer tokens, and short-lived tokens a site signs itself.
+
+Both arrive as ``Authorization: Bearer <token>`` (RFC 6750). Static tokens (``AUTH_TOKENS``)
+suit a site's own server calling the function; signed tokens (``AUTH_SIGNING_SECRET``) suit
+browsers: the site's server mints one per page view with :func:`mint_token`, bound to an expiry
+and optionally to the page's origin and to the site's user id, and the browser sends it.
+
+A signed token is ``v1.<payload>.<signature>``: ``payload`` is base64url (no padding) of compact
+JSON ``{"exp": <unix seconds>, "o": <origin>, "c": <client id>}`` (``o`` and ``c`` optional),
+and ``signature`` is base64url of HMAC-SHA256(secret, ``"v1." + payload``). Every comparison of
+secret material is constant-time (``hmac.compare_digest``). The clock is injectable, as in
+itsdangerous, so expiry is tested without sleeping.
+
+Mint one from a shell (reads ``AUTH_SIGNING_SECRET``)::
+
+    python -m lib.auth mint --ttl 600 --origin https://example.com --client user-42
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from lib.errors import AuthenticationError
+
+VERSION = "v1"
+MAX_TOKEN_CHARS = 4096
+MAX_CLIENT_ID_CHARS = 128
+CHALLENGE = 'Bearer realm="generate"'
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling, as far as authentication can tell (``None``: authentication is off)."""
+
+    client_id: str | None
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(secret: str, signed_part: str) -> str:
+    mac = hmac.new(secret.encode("utf-8"), signed_part.encode("ascii"), hashlib.sha256)
+    return _b64encode(mac.digest())
+
+
+def mint_token(
+    secret: str,
+    *,
+    ttl: float = 600,
+    origin: str | None = None,
+    client_id: str | None = None,
+    clock: Callable[[], float] = time.time,
+) -> str:
+    """A token valid for ``ttl`` seconds; call it from the site's own server code.
+
+    ``origin`` (like ``https://example.com``) makes the token valid only from pages of that
+    origin (checked against the request's ``Origin`` header); ``client_id`` makes rate limits
+    and budgets apply per user of the site instead of per network address.
+    """
+    if ttl <= 0:
+        raise ValueError("ttl must be positive")
+    if client_id is not None and not 0 < len(client_id) <= MAX_CLIENT_ID_CHARS:
+        raise ValueError(f"client_id must have 1 to {MAX_CLIENT_ID_CHARS} characters")
+    claims: dict[str, object] = {"exp": int(clock() + ttl)}
+    if origin is not None:
+        claims["o"] = origin.rstrip("/")
+    if client_id is not None:
+        claims["c"] = client_id
+    payload = _b64encode(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
+    signed_part = f"{VERSION}.{payload}"
+    return f"{signed_part}.{_sign(secret, signed_part)}"
+
+
+def _invalid(message: str) -> AuthenticationError:
+    return AuthenticationError(
+        message,
+        headers={"WWW-Authenticate": f'{CHALLENGE}, error="invalid_token"'},
+    )
+
+
+class Authenticator:
+    """Checks the bearer token of each request; built once from the settings."""
+
+    def __init__(
+        self,
+        tokens: Collection[str],
+        signing_secret: str | None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        # Compare fixed-length digests, so neither the tokens' lengths nor their count leak.
+        self._digests = [hashlib.sha256(t.encode("utf-8")).digest() for t in tokens]
+        self._secret = signing_secret
+        self._clock = clock
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests or self._secret)
+
+    def authenticate(self, authorization: str | None, origin: str | None) -> Caller:
+        """The caller, or AuthenticationError (401) saying what is wrong with the token."""
+        if not self.enabled:
+            return Caller(client_id=None)
+        if authorization is None:
+            raise AuthenticationError(
+                "This endpoint needs a token: send Authorization: Bearer <token>.",
+                headers={"WWW-Authenticate": CHALLENGE},
+            )
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_CHARS:
+            raise _invalid("Send the token as Authorization: Bearer <token>.")
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        matched = False
+        for known in self._digests:  # no early exit: the time spent does not depend on which
+            matched |= hmac.compare_digest(digest, known)
+        if matched:
+            # Each static token is its own client; its hash prefix names it in limits and logs.
+            return Caller(client_id="token:" + digest.hex()[:16])
+        if self._secret is not None and token.startswith(VERSION + "."):
+            return self._verify_signed(token, origin)
+        raise _invalid("The token is not valid.")
+
+    def _verify_signed(self, token: str, origin: str | None) -> Caller:
+        assert self._secret is not None
+        signed_part, _, signature = token.rpartition(".")
+        expected = _sign(self._secret, signed_part)
+        if not hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii", "replace")):
+            raise _invalid("The token is not valid.")
+        try:
+            claims = json.loads(_b64decode(signed_part[len(VERSION) + 1 :]))
+        except (binascii.Error, ValueError):
+            raise _invalid("The token is not valid.") from None
+        expires = claims.get("exp") if isinstance(claims, dict) else None
+        if isinstance(expires, bool) or not isinstance(expires, int):
+            raise _invalid("The token is not valid.")
+        if self._clock() >= expires:
+            raise _invalid("The token has expired; get a new one from the site.")
+        bound_origin = claims.get("o")
+        if bound_origin is not None and (origin is None or origin.rstrip("/") != bound_origin):
+            raise _invalid("The token is not valid for this page's origin.")
+        client = claims.get("c")
+        if client is not None and not isinstance(client, str):
+            raise _invalid("The token is not valid.")
+        return Caller(client_id=None if client is None else "user:" + client)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse  # only the command line needs it; the function's cold start does not
+
+    parser = argparse.ArgumentParser(prog="python -m lib.auth", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    mint = commands.add_parser("mint", help="print a signed token (AUTH_SIGNING_SECRET)")
+    mint.add_argument("--ttl", type=float, default=600, help="seconds it stays valid")
+    mint.add_argument("--origin", help="the only page origin it is valid from")
+    mint.add_argument("--client", help="the client id its limits and budget count against")
+    args = parser.parse_args(argv)
+    secret = os.environ.get("AUTH_SIGNING_SECRET", "").strip()
+    if not secret:
+        print("Set AUTH_SIGNING_SECRET to the function's signing secret.", file=sys.stderr)
+        return 2
+    try:
+        print(mint_token(secret, ttl=args.ttl, origin=args.origin, client_id=args.client))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
