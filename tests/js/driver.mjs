@@ -109,7 +109,8 @@ const ops = {
       fetch: rec.fetcher,
     });
     await rec.settled();
-    return { result, completion, error, raw: rec.raw[0] ?? "", status: rec.statuses[0] };
+    const raw = rec.raw[0] ?? "";
+    return { result: result ?? null, completion, error, raw, status: rec.statuses[0] ?? null };
   },
 
   async chat({ api, text, transport }) {
@@ -152,11 +153,14 @@ const ops = {
     return { status: response.status, events };
   },
 
-  async streamjs({ url, body, feed }) {
+  async streamjs({ url, body, feeds }) {
     const module = await import(new URL("../../public/stream.js", import.meta.url));
-    if (feed) {
-      const parser = new module.SSEParser();
-      return { events: feed.flatMap((piece) => parser.push(piece)) };
+    if (feeds) {
+      // Each feed is one stream cut into pieces: the events every way of cutting it gives.
+      return feeds.map((feed) => {
+        const parser = new module.SSEParser();
+        return feed.flatMap((piece) => parser.push(piece));
+      });
     }
     const deltas = [];
     try {
