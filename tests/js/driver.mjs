@@ -171,12 +171,12 @@ const ops = {
     }
   },
 
-  async goto({ url, userDataDir }) {
+  async goto({ url }) {
     if (!browser) {
       browser = await chromium.launch({
         executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
         headless: false, // the flags below say --headless, exactly as known to work here
-        args: [...CHROMIUM_FLAGS, `--user-data-dir=${userDataDir}`],
+        args: CHROMIUM_FLAGS, // launch() itself gives Chromium a fresh temporary profile
       });
     }
     if (page) await page.close();
@@ -189,6 +189,11 @@ const ops = {
 
   async click({ selector }) {
     await page.click(selector);
+    return {};
+  },
+
+  async select({ selector, value }) {
+    await page.selectOption(selector, value);
     return {};
   },
 
