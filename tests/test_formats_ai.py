@@ -267,3 +267,45 @@ async def test_default_format_setting(
     demo.push(Scenario(text="plain"))
     resp = await post(http, function.url, {"prompt": "x"})
     assert await resp.read() == b"plain"
+
+
+async def test_use_chat_history_with_other_parts(
+    function: Function, demo: DemoUpstream, http: aiohttp.ClientSession
+) -> None:
+    body = {
+        "id": "c1",
+        "trigger": "submit-message",
+        "messageId": None,
+        "messages": [
+            {"id": "s", "role": "system", "parts": [{"type": "text", "text": "Be brief."}]},
+            {"id": "m1", "role": "user", "parts": [{"type": "text", "text": "Hi"}]},
+            {
+                "id": "m2",
+                "role": "assistant",
+                "parts": [
+                    {"type": "step-start"},
+                    {"type": "reasoning", "text": "thinking...", "state": "done"},
+                    {"type": "text", "text": "Hello", "state": "done"},
+                ],
+            },
+            {
+                "id": "m3",
+                "role": "user",
+                "parts": [
+                    {"type": "file", "mediaType": "image/png", "url": "data:image/png;base64,AA=="},
+                    {"type": "text", "text": "And "},
+                    {"type": "text", "text": "now?"},
+                ],
+            },
+            {"id": "m4", "role": "user", "parts": [{"type": "data-note", "data": {"x": 1}}]},
+        ],
+    }
+    resp = await post(http, function.url, body)
+    assert resp.headers["x-vercel-ai-ui-message-stream"] == "v1"
+    await resp.read()
+    assert demo.seen[0].json["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},  # reasoning and step parts are dropped
+        {"role": "user", "content": "And now?"},  # text parts joined; the file is dropped
+    ]  # a message with no text part at all is left out
