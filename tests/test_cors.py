@@ -32,7 +32,7 @@ async def preflight(http: aiohttp.ClientSession, url: str, origin: str) -> aioht
         headers={
             "Origin": origin,
             "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type,authorization",
+            "Access-Control-Request-Headers": "content-type,user-agent",  # as the AI SDK asks
         },
     )
     await resp.read()
@@ -47,7 +47,7 @@ async def test_preflight_from_an_allowed_origin(
     assert cors_headers(resp) == {
         "access-control-allow-origin": OTHER,
         "access-control-allow-methods": "POST, OPTIONS",
-        "access-control-allow-headers": "accept, authorization, content-type",
+        "access-control-allow-headers": "accept, authorization, content-type, user-agent",
         "access-control-max-age": "300",
     }
     assert resp.headers["vary"] == "Origin"
