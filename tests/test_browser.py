@@ -84,13 +84,16 @@ async def test_stop_aborts_the_request_and_the_upstream(
     assert (await node.call("text", selector="#output"))["text"] == partial
 
 
-async def test_ui_format_in_the_browser(
-    browser: NodeDriver, site: str, make_function: MakeFunction, demo: DemoUpstream
+@pytest.mark.parametrize("fmt", ["", "ui", "text"])
+async def test_every_format_through_silence_in_the_browser(
+    browser: NodeDriver, site: str, make_function: MakeFunction, demo: DemoUpstream, fmt: str
 ) -> None:
-    function = await make_function(ALLOWED_ORIGINS=site)
-    demo.push(Scenario(text=TEXT))
+    # The model "thinks" for 0.3 s while the function pings every 50 ms (comments in ui, empty
+    # completion chunks in openai, nothing in text; each shown on the wire in test_clients_js).
+    function = await make_function(ALLOWED_ORIGINS=site, KEEPALIVE_INTERVAL="0.05")
+    demo.push(Scenario(text=TEXT, silence_before_first=0.3))
     node = await open_page(browser, site, function)
-    await node.call("select", selector="#format", value="ui")
+    await node.call("select", selector="#format", value=fmt)
     await node.call("click", selector="#generate")
     await node.call("wait_text", selector="#status", prefix="Done.")
     assert (await node.call("text", selector="#output"))["text"] == TEXT
