@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint bench clean deps-redis
+.PHONY: dev test lint bench clean deps-redis deps-js deps-browser
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 12), "Python 3.12 is required (Vercel runtime)"'
@@ -28,8 +28,23 @@ deps-redis:
 		apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
 
-test: $(STAMP) lint deps-redis
+# The conformance suite's real clients: the node packages pinned by tests/js/package-lock.json,
+# and Debian's Chromium (Playwright's own browser download cannot work here).
+JS := tests/js
+JS_STAMP := $(JS)/node_modules/.installed
+
+$(JS_STAMP): $(JS)/package.json $(JS)/package-lock.json
+	cd $(JS) && npm ci --no-audit --no-fund
+	touch $@
+
+deps-js: $(JS_STAMP)
+
+deps-browser:
+	@test -x /usr/bin/chromium || { apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+
+test: $(STAMP) deps-redis deps-js deps-browser lint
 	$(BIN)/python -m pytest $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules $(JS)/node_modules

@@ -20,6 +20,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FUNCTION_FILE = "api/generate.py"
 
 PromptEndpoint = Literal["chat", "completions"]
+OutputFormat = Literal["openai", "ui", "text"]
+_FORMATS: dict[str, OutputFormat] = {"openai": "openai", "ui": "ui", "text": "text"}
 
 
 class SettingsError(ValueError):
@@ -49,6 +51,9 @@ class Settings:
     deadline_margin: float = 2.0
     keepalive_interval: float = 15.0
     log_prompts: bool = False
+    default_format: OutputFormat = "openai"
+    allowed_origins: frozenset[str] = frozenset()
+    cors_max_age: int = 600
     protection: Protection = field(default_factory=lambda: Protection())
 
     @property
@@ -97,6 +102,22 @@ def _csv(env: Mapping[str, str], name: str) -> frozenset[str]:
     return frozenset(part.strip() for part in env.get(name, "").split(",") if part.strip())
 
 
+_ORIGIN = re.compile(r"https?://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def _origins(env: Mapping[str, str]) -> frozenset[str]:
+    """ALLOWED_ORIGINS: exact origins (scheme://host[:port]), compared byte for byte with the
+    browser's Origin header, so anything else (a path, a wildcard) is refused here."""
+    origins = frozenset(origin.lower() for origin in _csv(env, "ALLOWED_ORIGINS"))
+    for origin in origins:
+        if not _ORIGIN.fullmatch(origin):
+            raise SettingsError(
+                f"ALLOWED_ORIGINS entry {origin!r} is not an origin like https://app.example.com "
+                "(scheme, host and optional port; no path, no trailing slash, no wildcard)"
+            )
+    return origins
+
+
 def vercel_max_duration(root: Path = PROJECT_ROOT, function: str = FUNCTION_FILE) -> float | None:
     """The ``maxDuration`` that ``vercel.json`` gives this function, if the file is deployed."""
     try:
@@ -122,6 +143,10 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
     if endpoint not in ("chat", "completions"):
         raise SettingsError(f"PROMPT_ENDPOINT={endpoint!r} must be chat or completions")
     env_duration = _number(env, "MAX_DURATION", 0.0, float, 0.0, 86_400.0)
+    raw_format = _text(env, "DEFAULT_FORMAT", "openai")
+    default_format = _FORMATS.get(raw_format)
+    if default_format is None:
+        raise SettingsError(f"DEFAULT_FORMAT={raw_format!r} must be openai, ui or text")
     return Settings(
         openai_api_key=env.get("OPENAI_API_KEY", "").strip() or None,
         openai_base_url=base_url,
@@ -144,6 +169,9 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
         deadline_margin=_number(env, "DEADLINE_MARGIN", 2.0, float, 0.0, 600.0),
         keepalive_interval=_number(env, "KEEPALIVE_INTERVAL", 15.0, float, 0.05, 600.0),
         log_prompts=_flag(env, "LOG_PROMPTS", False),
+        default_format=default_format,
+        allowed_origins=_origins(env),
+        cors_max_age=_number(env, "CORS_MAX_AGE", 600, int, 0, 86_400),
         protection=load_protection(env),
     )
 

@@ -22,14 +22,15 @@ from lib.asgi import (
 )
 from lib.auth import Authenticator
 from lib.config import Settings
+from lib.cors import CORSPolicy
 from lib.deadline import invocation_deadline
 from lib.errors import APIError, ConfigurationError, DeadlineExceeded, MethodNotAllowed
-from lib.formats import Format, OpenAIChat, OpenAICompletion
+from lib.formats import Format
 from lib.limits import Limiter, client_key
 from lib.log import RequestLog, emit, logger, warn
-from lib.relay import BreakConnection, relay
+from lib.negotiate import choose_format, requested_format
+from lib.relay import BreakConnection, quiet_broken_connections, relay
 from lib.request import (
-    GenerateRequest,
     UpstreamRequest,
     build_upstream_request,
     parse_json_object,
@@ -47,6 +48,11 @@ class GenerateHandler:
         self.settings = settings
         self._settings_error = settings_error
         self.client = UpstreamClient(settings) if settings is not None else None
+        self.cors = CORSPolicy(
+            settings.allowed_origins if settings is not None else (),
+            max_age=settings.cors_max_age if settings is not None else 600,
+        )
+        quiet_broken_connections()
         self.auth: Authenticator | None = None
         self.limiter: Limiter | None = None
         if settings is not None:
@@ -74,10 +80,17 @@ class GenerateHandler:
         started = loop.time()
         request_id = uuid.uuid4().hex
         log = RequestLog(request_id=request_id, method=scope.get("method", ""))
-        exchange = Exchange(scope, receive, send)
         id_header = (b"x-request-id", request_id.encode("ascii"))
+        preflight = self.cors.preflight_headers(scope) if log.method == "OPTIONS" else None
+        if preflight is None:
+            send = self.cors.wrap(scope, send)
+        exchange = Exchange(scope, receive, send)
         try:
-            await self._handle(exchange, log, id_header, started)
+            if preflight is not None:
+                await exchange.start(204, [*preflight, id_header])
+                await exchange.end()
+            else:
+                await self._handle(exchange, log, id_header, started)
         except APIError as error:
             log.error_type = error.type
             if not exchange.started:
@@ -124,10 +137,13 @@ class GenerateHandler:
         assert self.limiter is not None
         scope = exchange.scope
         caller = self.auth.authenticate(header(scope, b"authorization"), header(scope, b"origin"))
+        query = scope.get("query_string", b"")
+        requested_format(query)  # a bad format parameter is a 400 before the body is read
         check_json_content_type(exchange.scope)
         body = parse_json_object(await exchange.read_body(settings.max_body_bytes))
         request = parse_request(body, settings)
-        fmt = choose_format(request)
+        accept = header(exchange.scope, b"accept")
+        fmt = choose_format(query, request, accept, settings.default_format)
         log.shape, log.format, log.model = request.shape, fmt.name, request.model
         if settings.log_prompts:
             log.prompt = request.text_for_log()
@@ -213,10 +229,3 @@ class GenerateHandler:
                     await self.limiter.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-def choose_format(request: GenerateRequest) -> Format:
-    """The shape follows the request: ``prompt`` gets completion chunks, ``messages`` chat."""
-    if request.shape == "completion":
-        return OpenAICompletion(include_usage=request.include_usage)
-    return OpenAIChat(include_usage=request.include_usage)

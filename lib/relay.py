@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from lib.asgi import Exchange
@@ -35,6 +36,23 @@ from lib.upstream import UpstreamStream
 class BreakConnection(Exception):
     """Raised to make the server drop the connection: the only honest end for a failed stream
     in a format without an in-band error channel (the plain text stream)."""
+
+
+class _DropBreakConnection(logging.Filter):
+    """Drops the server's "Exception in ASGI application" record for a deliberate break: it
+    is how a text stream ends on failure, not a bug, and our own log line records the cause."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info
+        return not (exc and isinstance(exc[1], BreakConnection))
+
+
+def quiet_broken_connections(server_logger: str = "uvicorn.error") -> None:
+    """Install the filter once on the ASGI server's error logger (uvicorn, which Vercel's
+    runtime and the local server run)."""
+    target = logging.getLogger(server_logger)
+    if not any(isinstance(f, _DropBreakConnection) for f in target.filters):
+        target.addFilter(_DropBreakConnection())
 
 
 class _Outcome:

@@ -1,0 +1,83 @@
+"""Which output format a caller gets: a pure function of what the caller can control.
+
+First match wins (CONTRACT.md section 1 explains why: neither AI SDK hook sends ``Accept``, and
+a browser cannot set ``User-Agent``):
+
+1. the ``format`` query parameter: ``openai``, ``ui`` or ``text`` (anything else is a 400);
+2. the body's shape: ``messages`` whose items carry ``parts`` come from ``useChat`` -> ``ui``;
+3. the ``Accept`` header: ``text/plain`` preferred over ``text/event-stream`` -> ``text``;
+4. the deployment's ``DEFAULT_FORMAT`` (``openai`` unless set).
+
+``openai`` follows the request's shape: ``prompt`` gets completion chunks, ``messages`` chat.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+from urllib.parse import parse_qsl
+
+from lib.aisdk import TextStream, UIMessageStream
+from lib.errors import RequestError
+from lib.formats import Format, OpenAIChat, OpenAICompletion
+from lib.request import GenerateRequest
+
+FORMAT_NAMES: Final = ("openai", "ui", "text")
+
+
+def requested_format(query_string: bytes) -> str | None:
+    """The ``format`` query parameter, checked; ``None`` when absent."""
+    query = query_string.decode("latin-1")
+    values = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "format"]
+    if not values:
+        return None
+    if len(set(values)) > 1 or values[0] not in FORMAT_NAMES:
+        shown = ", ".join(repr(v) for v in dict.fromkeys(values))
+        raise RequestError(f"format must be one of openai, ui, text (got {shown}).", param="format")
+    return values[0]
+
+
+def _quality(accept: str, media_type: str) -> float:
+    """The q-value ``accept`` gives exactly ``media_type`` (0 when it is not listed)."""
+    for item in accept.split(","):
+        name, *params = item.split(";")
+        if name.strip().lower() != media_type:
+            continue
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    return float(value.strip())
+                except ValueError:
+                    return 0.0
+        return 1.0
+    return 0.0
+
+
+def prefers_text(accept: str | None) -> bool:
+    """True when ``Accept`` asks for ``text/plain`` more than for an event stream. Wildcards
+    (``*/*``, what fetch and curl send) express no preference."""
+    if not accept:
+        return False
+    plain = _quality(accept, "text/plain")
+    return plain > 0 and plain > _quality(accept, "text/event-stream")
+
+
+def choose_format(
+    query_string: bytes, request: GenerateRequest, accept: str | None, default: str
+) -> Format:
+    """The format for this request (see the module docstring for the order)."""
+    name = requested_format(query_string)
+    if name is None:
+        if request.ui_messages:
+            name = "ui"
+        elif prefers_text(accept):
+            name = "text"
+        else:
+            name = default
+    if name == "ui":
+        return UIMessageStream()
+    if name == "text":
+        return TextStream()
+    if request.shape == "completion":
+        return OpenAICompletion(include_usage=request.include_usage)
+    return OpenAIChat(include_usage=request.include_usage)

@@ -1,0 +1,238 @@
+// The real JavaScript clients, driven from pytest (tests/jsdriver.py) over stdin/stdout.
+//
+// One process per test module: each input line is {"id", "op", "args"}, each output line
+// {"id", "ok", "result"} or {"id", "ok": false, "error"}. Calls may overlap (a browser waits for
+// text while pytest releases the upstream's gate). Every client that does HTTP is handed a
+// recording fetch, so a test can also check the raw bytes the client was given (keep-alives).
+
+import { createInterface } from "node:readline";
+import {
+  AbstractChat,
+  DefaultChatTransport,
+  TextStreamChatTransport,
+  callCompletionApi,
+} from "ai";
+import { EventSourceParserStream } from "eventsource-parser/stream";
+import { chromium } from "playwright-core";
+
+const CHROMIUM_FLAGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+/** fetch that also keeps a copy of every response body, as the bytes arrived. */
+function recordingFetch() {
+  const raw = [];
+  const statuses = [];
+  const pending = [];
+  const fetcher = async (input, init) => {
+    const response = await fetch(input, init);
+    statuses.push(response.status);
+    if (!response.body) return response;
+    const [mine, theirs] = response.body.tee();
+    const decoder = new TextDecoder();
+    const index = raw.push("") - 1;
+    pending.push((async () => {
+      const reader = mine.getReader();
+      try {
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          raw[index] += decoder.decode(value, { stream: true });
+        }
+      } catch {
+        raw[index] += "\u0000BROKEN";
+      }
+    })());
+    return new Response(theirs, { status: response.status, headers: response.headers });
+  };
+  const settled = () => Promise.all(pending);
+  return { fetcher, raw, statuses, settled };
+}
+
+class PlainState {
+  constructor() {
+    this.status = "ready";
+    this.error = undefined;
+    this.messages = [];
+  }
+  pushMessage(message) {
+    this.messages = [...this.messages, message];
+  }
+  popMessage() {
+    this.messages = this.messages.slice(0, -1);
+  }
+  replaceMessage(index, message) {
+    this.messages = [...this.messages.slice(0, index), message, ...this.messages.slice(index + 1)];
+  }
+  snapshot(thing) {
+    return structuredClone(thing);
+  }
+}
+
+/** useChat without React: the SDK's own AbstractChat over a plain state object. */
+class NodeChat extends AbstractChat {
+  constructor(options) {
+    super({ ...options, state: new PlainState() });
+  }
+}
+
+let browser = null;
+let page = null;
+
+const ops = {
+  async completion({ api, prompt, streamProtocol }) {
+    const rec = recordingFetch();
+    let error = null;
+    let completion = "";
+    const result = await callCompletionApi({
+      api,
+      prompt,
+      streamProtocol,
+      setCompletion: (text) => {
+        completion = text;
+      },
+      setLoading: () => {},
+      setError: (e) => {
+        if (e) error = e.message;
+      },
+      setAbortController: () => {},
+      onError: (e) => {
+        error = e.message;
+      },
+      fetch: rec.fetcher,
+    });
+    await rec.settled();
+    const raw = rec.raw[0] ?? "";
+    return { result: result ?? null, completion, error, raw, status: rec.statuses[0] ?? null };
+  },
+
+  async chat({ api, text, transport }) {
+    const rec = recordingFetch();
+    const Transport = transport === "text" ? TextStreamChatTransport : DefaultChatTransport;
+    let finish = null;
+    const chat = new NodeChat({
+      id: "c1",
+      transport: new Transport({ api, fetch: rec.fetcher }),
+      onFinish: ({ finishReason, isError }) => {
+        finish = { finishReason: finishReason ?? null, isError };
+      },
+    });
+    await chat.sendMessage({ text });
+    const reply = chat.messages.at(-1);
+    const replyText = reply.role === "assistant"
+      ? reply.parts.filter((p) => p.type === "text").map((p) => p.text).join("")
+      : "";
+    await rec.settled();
+    return {
+      status: chat.status,
+      error: chat.error ? chat.error.message : null,
+      text: replyText,
+      finish,
+      raw: rec.raw[0] ?? "",
+    };
+  },
+
+  async eventsource({ url, body }) {
+    const response = await fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const events = [];
+    const stream = response.body
+      .pipeThrough(new TextDecoderStream())
+      .pipeThrough(new EventSourceParserStream());
+    for await (const event of stream) events.push(event.data);
+    return { status: response.status, events };
+  },
+
+  async streamjs({ url, body, feeds }) {
+    const module = await import(new URL("../../public/stream.js", import.meta.url));
+    if (feeds) {
+      // Each feed is one stream cut into pieces: the events every way of cutting it gives.
+      return feeds.map((feed) => {
+        const parser = new module.SSEParser();
+        return feed.flatMap((piece) => parser.push(piece));
+      });
+    }
+    const deltas = [];
+    try {
+      const text = await module.streamText(url, body, { onText: (d) => deltas.push(d) });
+      return { text, deltas, error: null };
+    } catch (e) {
+      return { text: null, deltas, error: e.message, name: e.name, status: e.status ?? null };
+    }
+  },
+
+  async goto({ url }) {
+    if (!browser) {
+      browser = await chromium.launch({
+        executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+        headless: false, // the flags below say --headless, exactly as known to work here
+        args: CHROMIUM_FLAGS, // launch() itself gives Chromium a fresh temporary profile
+      });
+    }
+    if (page) await page.close();
+    page = await browser.newPage();
+    page.consoleErrors = [];
+    page.on("console", (m) => m.type() === "error" && page.consoleErrors.push(m.text()));
+    await page.goto(url);
+    return {};
+  },
+
+  async click({ selector }) {
+    await page.click(selector);
+    return {};
+  },
+
+  async select({ selector, value }) {
+    await page.selectOption(selector, value);
+    return {};
+  },
+
+  async fill({ selector, value }) {
+    await page.fill(selector, value);
+    return {};
+  },
+
+  /** Wait until the element's text starts with `prefix` and is at least `length` long. */
+  async wait_text({ selector, prefix = "", length = 1, timeout = 10000 }) {
+    await page.waitForFunction(
+      ([sel, pre, len]) => {
+        const t = document.querySelector(sel).textContent;
+        return t.startsWith(pre) && t.length >= len;
+      },
+      [selector, prefix, length],
+      { timeout },
+    );
+    return { text: await page.textContent(selector) };
+  },
+
+  async text({ selector }) {
+    return { text: await page.textContent(selector), consoleErrors: page.consoleErrors };
+  },
+};
+
+const lines = createInterface({ input: process.stdin });
+lines.on("line", async (line) => {
+  const { id, op, args } = JSON.parse(line);
+  let reply;
+  try {
+    reply = { id, ok: true, result: await ops[op](args ?? {}) };
+  } catch (e) {
+    reply = { id, ok: false, error: `${e.name}: ${e.message}` };
+  }
+  process.stdout.write(JSON.stringify(reply) + "\n");
+});
+lines.on("close", async () => {
+  if (browser) await browser.close();
+  process.exit(0);
+});
+process.stdout.write(JSON.stringify({ id: 0, ok: true, result: "ready" }) + "\n");
