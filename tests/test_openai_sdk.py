@@ -13,10 +13,10 @@ import openai
 import pytest
 
 from dev.demo_upstream import DemoUpstream, Scenario
-from lib.config import load_settings
+from dev.serve import Function, LocalPlatform, load_config
+from lib.config import PROJECT_ROOT, load_settings
 from lib.handler import GenerateHandler
 from tests.conftest import CANARY_KEY, serve_asgi
-from tests.rewrites import Rewrites
 
 CALLER_KEY = "sk-caller-own-key-0123456789abcdef"
 TEXT = "Grüße from the SDK 🚀, streamed."
@@ -67,7 +67,14 @@ async def site(upstream_url: str) -> AsyncIterator[Site]:
 
     async def start(**env: str) -> tuple[openai.AsyncOpenAI, RecordingTransport]:
         environ = {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": upstream_url, **env}
-        url, stop = await serve_asgi(Rewrites(GenerateHandler(load_settings(environ))))
+        handler = GenerateHandler(load_settings(environ))
+        # The local server's routing, reading the project's own vercel.json rewrites.
+        platform = LocalPlatform(
+            PROJECT_ROOT,
+            load_config(PROJECT_ROOT / "vercel.json"),
+            {"/api/generate": Function("api/generate.py", handler, None)},
+        )
+        url, stop = await serve_asgi(platform)
         stops.append(stop)
         transport = RecordingTransport()
         client = openai.AsyncOpenAI(
