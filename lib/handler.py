@@ -19,6 +19,7 @@ from lib.formats import Format, OpenAIChat, OpenAICompletion
 from lib.log import RequestLog, emit, logger, warn
 from lib.relay import BreakConnection, relay
 from lib.request import GenerateRequest, build_upstream_request, parse_json_object, parse_request
+from lib.resilience import open_upstream
 from lib.upstream import UpstreamClient
 
 ALLOW = b"OPTIONS, POST"
@@ -107,7 +108,9 @@ class GenerateHandler:
         async with exchange:
             try:
                 async with asyncio.timeout_at(cut_at):
-                    stream = await client.open(upstream_request, api_key)
+                    stream = await open_upstream(
+                        client, upstream_request, settings, api_key, log, cut_at
+                    )
             except TimeoutError:
                 raise DeadlineExceeded(
                     "The upstream did not answer before the function's time limit."

@@ -39,6 +39,8 @@ class RequestLog:
     client_disconnected: bool = False
     error_type: str | None = None
     prompt: str | None = None
+    upstream: str | None = None  # which upstream served: "primary" or "fallbackN" (never a key)
+    attempts: int = 0  # upstream requests sent, retries and fallbacks included
 
     def line(self) -> str:
         record = {k: v for k, v in asdict(self).items() if v is not None}

@@ -84,7 +84,13 @@ async def make_function(
     stops: list[Callable[[], Awaitable[None]]] = []
 
     async def start(root: Path = PROJECT_ROOT, **env: str) -> Function:
-        environ = {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": upstream_url, **env}
+        # Retries off unless a test asks for them (tests/test_faults.py): one fault, one request.
+        environ = {
+            "OPENAI_API_KEY": CANARY_KEY,
+            "OPENAI_BASE_URL": upstream_url,
+            "UPSTREAM_MAX_RETRIES": "0",
+            **env,
+        }
         handler = GenerateHandler(load_settings(environ, root=root))
         url, stop = await serve_asgi(handler)
         stops.append(stop)
