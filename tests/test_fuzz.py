@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -165,7 +165,7 @@ def error_tap() -> Iterator[ErrorTap]:
 
 
 @pytest.fixture
-def fuzz_handler(upstream_url: str) -> GenerateHandler:
+async def fuzz_handler(upstream_url: str) -> AsyncIterator[GenerateHandler]:
     env = {
         "OPENAI_API_KEY": CANARY_KEY,
         "OPENAI_BASE_URL": upstream_url,
@@ -173,7 +173,10 @@ def fuzz_handler(upstream_url: str) -> GenerateHandler:
         "MAX_BODY_BYTES": "4096",
         "UPSTREAM_MAX_RETRIES": "0",
     }
-    return GenerateHandler(load_settings(env))
+    handler = GenerateHandler(load_settings(env))
+    yield handler
+    assert handler.client is not None
+    await handler.client.close()
 
 
 async def call(
