@@ -196,13 +196,9 @@ def _translate_events(
             reason = choices[0].get("finish_reason")
             if isinstance(reason, str):
                 outcome.finish_reason = reason
-            if outcome.loops is not None:
-                looping = outcome.loops.feed(_text_of(choices[0]))
-                if looping is not None:
-                    return b"".join(parts), RepetitiveOutput(
-                        f"The model kept repeating the same {looping}-character passage; the "
-                        "response was cut off and is incomplete."
-                    )
+            looping = _looping(outcome, _text_of(choices[0]))
+            if looping is not None:
+                return b"".join(parts), looping
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             outcome.usage = usage
@@ -211,6 +207,20 @@ def _translate_events(
             parts.append(out)
             outcome.events += 1
     return b"".join(parts), None
+
+
+def _looping(outcome: _Outcome, text: str) -> APIError | None:
+    """The error that cuts a looping model off, once ``text`` completes the loop; call it with
+    every content delta (any fast path that skips parsing included)."""
+    if outcome.loops is None:
+        return None
+    period = outcome.loops.feed(text)
+    if period is None:
+        return None
+    return RepetitiveOutput(
+        f"The model kept repeating the same {period}-character passage; the response was cut "
+        "off and is incomplete."
+    )
 
 
 def _text_of(choice: dict[str, Any]) -> str:
