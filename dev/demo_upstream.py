@@ -275,6 +275,12 @@ class DemoUpstream:
         """Queue scenarios; each valid completion request takes the next (none left: default)."""
         self._scenarios.extend(scenarios)
 
+    def forget(self) -> None:
+        """Drop the record of past requests (a long-running benchmark would otherwise grow it)."""
+        self.seen.clear()
+        while not self._arrivals.empty():
+            self._arrivals.get_nowait()
+
     def push_for(self, prompt: str, *scenarios: Scenario) -> None:
         """Queue scenarios for requests whose prompt text is exactly ``prompt`` (they take these
         before the shared queue), so concurrent requests each get their own script."""
