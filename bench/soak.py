@@ -181,7 +181,6 @@ async def _serve(app: Any) -> tuple[str, Callable[[], Awaitable[None]]]:
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(app, lifespan="on", log_level="warning", ws="none", backlog=4096)
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():

@@ -60,7 +60,7 @@ def test_permanent_statuses_are_not(status: int) -> None:
 def test_failures_without_an_answer_are_retried_and_protocol_errors_are_not() -> None:
     assert should_retry(unreachable())
     assert not should_retry(UpstreamProtocolError("a 200 that is not an event stream"))
-    assert not should_retry(UpstreamRejectedRequest("bad"))  # type: ignore[arg-type]
+    assert not should_retry(UpstreamRejectedRequest("bad"))
 
 
 def test_x_should_retry_header_wins_both_ways() -> None:
