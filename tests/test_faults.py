@@ -282,6 +282,25 @@ async def test_fault_after_the_first_byte_is_in_band_and_not_retried(
     await asyncio.wait_for(demo.seen[0].finished.wait(), 1)  # no upstream request lingers
 
 
+async def test_upstream_session_closing_mid_stream_is_an_in_band_error(
+    make_function: MakeFunction, demo: DemoUpstream, http: aiohttp.ClientSession, logs: LogTap
+) -> None:
+    # A shutdown (lifespan) closing the shared session while a stream is in flight. aiohttp does
+    # not wake the pending read; the relay's next wake-up (here a 0.1 s keep-alive) finds the
+    # connection closed, and that must be an in-band error, not an exception in the server.
+    function = await make_function(KEEPALIVE_INTERVAL="0.1")
+    gate = asyncio.Event()
+    demo.push(Scenario(gate=gate, gate_after=2))
+    resp = await post(http, function.url, CHAT)
+    received = await read_until(resp, b"\n\n", 3)
+    assert function.handler.client is not None
+    await function.handler.client.close()
+    raw = (received + await resp.read()).replace(b": keep-alive\n\n", b"")
+    events = canonical_events(raw)
+    assert json.loads(events[-1])["error"]["type"] == "upstream_error"
+    assert (await last_log(logs))["error_type"] == "upstream_error"
+
+
 # --- framing and splitting: nothing is lost or corrupted ---------------------------------------
 
 
