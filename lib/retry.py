@@ -4,13 +4,17 @@ The rule the trusted proxies share (Envoy's retry policy, Go's ReverseProxy, ngi
 ``proxy_next_upstream``): a request may be sent again only while none of its response has gone
 out. Here that means before the relay sends the headers; after that a failure ends the stream
 in-band and is never retried. What to retry follows the ``openai`` SDK (``_should_retry``):
-failures to connect or answer, 408, 409, 429 and 5xx; an explicit ``x-should-retry`` header wins;
-400, 401, 403 and 404 never. How long to wait also follows it: ``retry-after-ms``, else
-``Retry-After`` (seconds or an HTTP date), else exponential backoff with jitter
-(``base * 2**n`` capped at ``max_delay``, minus up to 25 %). Deviation: a ``Retry-After`` longer
-than ``max_delay`` is not waited out (a person is watching a spinner); that target gives up at
-once and its 429/503 (with the header) goes to the caller or the next fallback. No wait ever
-runs past the invocation's cut-off.
+failures to connect (refused, reset before any answer), 408, 409, 429 and 5xx; an explicit
+``x-should-retry`` header wins; 400, 401, 403 and 404 never. How long to wait also follows it:
+``retry-after-ms``, else ``Retry-After`` (seconds or an HTTP date), else exponential backoff
+with jitter (``base * 2**n`` capped at ``max_delay``, minus up to 25 %). No wait ever runs past
+the invocation's cut-off.
+
+Two deviations, both because a person is watching a spinner: an upstream that timed out (no
+connection within the connect limit, no answer within the first-byte limit) is not asked again,
+the next fallback is; and a ``Retry-After`` longer than ``max_delay`` is not waited out, that
+upstream gives up at once and its 429/503 (with the header) goes to the caller or the next
+fallback.
 
 The policy is pure functions; :func:`open_with_retries` takes the clock, sleep and random source
 as parameters so tests drive it without sleeping. Cancellation (the caller hanging up) interrupts
@@ -26,7 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from lib.errors import APIError, RequestError, UpstreamError
+from lib.errors import APIError, RequestError, UpstreamError, UpstreamTimeout
 
 RETRY_STATUSES = frozenset({408, 409, 429})
 NEVER_RETRY = frozenset({400, 401, 403, 404})
@@ -45,6 +49,10 @@ class RetryPolicy:
 def should_retry(error: APIError) -> bool:
     """True for a transient provider failure before the stream started."""
     if not isinstance(error, UpstreamError):
+        return False
+    if isinstance(error, UpstreamTimeout):
+        # The upstream already had its whole connect or first-byte limit: asking it again would
+        # spend the caller's patience (and the deadline) twice. The next upstream is asked.
         return False
     verdict = error.retry_headers.get("x-should-retry", "").strip().lower()
     if verdict in ("true", "false"):

@@ -42,7 +42,13 @@ def answered(status: int, headers: Mapping[str, str] | None = None) -> UpstreamE
 
 
 def unreachable() -> UpstreamError:
-    error = UpstreamTimeout("no answer")
+    error = UpstreamError("refused")
+    error.connect_failure = True
+    return error
+
+
+def timed_out() -> UpstreamError:
+    error = UpstreamTimeout("no answer within the first-byte limit")
     error.connect_failure = True
     return error
 
@@ -59,6 +65,7 @@ def test_permanent_statuses_are_not(status: int) -> None:
 
 def test_failures_without_an_answer_are_retried_and_protocol_errors_are_not() -> None:
     assert should_retry(unreachable())
+    assert not should_retry(timed_out())  # it had its whole limit: the next upstream is asked
     assert not should_retry(UpstreamProtocolError("a 200 that is not an event stream"))
     assert not should_retry(UpstreamRejectedRequest("bad"))
 
@@ -178,6 +185,12 @@ async def test_long_retry_after_falls_back_at_once() -> None:
     assert [name for name, _ in script.calls] == ["primary", "fallback1"]
 
 
+async def test_timeout_falls_back_without_retrying() -> None:
+    script = Script(timed_out(), "from fallback")
+    assert (await script.run(BOTH))[1].name == "fallback1"
+    assert script.sleeps == []
+
+
 async def test_auth_failure_falls_back_without_retrying() -> None:
     script = Script(answered(401), "from fallback")
     assert (await script.run(BOTH))[1].name == "fallback1"
@@ -185,7 +198,7 @@ async def test_auth_failure_falls_back_without_retrying() -> None:
 
 
 async def test_every_target_failing_raises_the_last_failure() -> None:
-    script = Script(answered(503), unreachable())
+    script = Script(answered(503), timed_out())
     with pytest.raises(UpstreamTimeout):
         await script.run(BOTH, retries=0)
 
