@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import socket
 import struct
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal
@@ -55,6 +57,7 @@ DEMO_REPLY = (
 )
 CREATED = 1700000000
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+HUGE_PIECE = 64 * 1024
 MODELS = ("demo-model", "gpt-4o-mini", "gpt-3.5-turbo-instruct")
 
 _TOKEN = re.compile(r"\s*(?:\w+|[^\w\s]+)|\s+")
@@ -106,7 +109,10 @@ class Scenario:
     length of the ``data: ...`` line (without its line ending); that event comes before the
     ordinary content events and does not count towards ``after`` or ``gate_after``.
     ``gate_after=n`` waits after the n-th content event, before anything else is sent (including
-    the ending).
+    the ending). The huge line is written in 64 KiB pieces, so a 10 MB line costs the upstream
+    no 10 MB buffer (and a memory measurement sees only the function's share).
+    ``reset_before_headers`` reads the request, then aborts the connection with a TCP RST before
+    answering anything (a crashed upstream or proxy).
     """
 
     status: int = 200
@@ -117,6 +123,7 @@ class Scenario:
     tokens: list[str] | None = None
     pace: float | None = None
     hang_before_headers: bool = False
+    reset_before_headers: bool = False
     silence_before_first: float = 0.0
     framing: Literal["lf", "crlf", "cr"] = "lf"
     write: Literal["event", "byte", "pairs"] = "event"
@@ -221,6 +228,17 @@ class _EventWriter:
         if self._mode != "pairs" or len(self._pending) == 2:
             await self.flush()
 
+    async def send_huge(self, before: str, filler: int, after: str) -> None:
+        """One event whose data is ``before + "x" * filler + after``, written in pieces."""
+        await self.flush()
+        await self._resp.write(b"data: " + before.encode())
+        piece = b"x" * HUGE_PIECE
+        while filler > 0:
+            await self._resp.write(piece[:filler])
+            filler -= HUGE_PIECE
+        await self._resp.write(after.encode() + self._eol + self._eol)
+        self._seen.events_sent += 1
+
     async def flush(self) -> None:
         """Write what is pending; called before every wait so no event is held back by one."""
         if not self._pending:
@@ -243,6 +261,7 @@ class DemoUpstream:
         self.reply = reply
         self.seen: list[SeenRequest] = []
         self._scenarios: deque[Scenario] = deque()
+        self._keyed: dict[str, deque[Scenario]] = {}
         self._arrivals: asyncio.Queue[SeenRequest] = asyncio.Queue()
         self._handlers: set[asyncio.Task[Any]] = set()
         self._count = 0
@@ -255,6 +274,27 @@ class DemoUpstream:
     def push(self, *scenarios: Scenario) -> None:
         """Queue scenarios; each valid completion request takes the next (none left: default)."""
         self._scenarios.extend(scenarios)
+
+    def forget(self) -> None:
+        """Drop the record of past requests (a long-running benchmark would otherwise grow it)."""
+        self.seen.clear()
+        while not self._arrivals.empty():
+            self._arrivals.get_nowait()
+
+    def push_for(self, prompt: str, *scenarios: Scenario) -> None:
+        """Queue scenarios for requests whose prompt text is exactly ``prompt`` (they take these
+        before the shared queue), so concurrent requests each get their own script."""
+        self._keyed.setdefault(prompt, deque()).extend(scenarios)
+
+    def _take(self, payload: dict[str, Any]) -> Scenario:
+        key = _prompt_text(payload)
+        keyed = self._keyed.get(key)
+        if keyed:
+            scenario = keyed.popleft()
+            if not keyed:
+                del self._keyed[key]
+            return scenario
+        return self._scenarios.popleft() if self._scenarios else Scenario()
 
     async def next_request(self) -> SeenRequest:
         """Wait for the next request not yet taken by a caller, in arrival order."""
@@ -304,7 +344,7 @@ class DemoUpstream:
             body = error_body(message, "invalid_request_error", param="stream")
             return web.json_response(body, status=400)
 
-        scenario = self._scenarios.popleft() if self._scenarios else Scenario()
+        scenario = self._take(payload)
         self._count += 1
         chat = request.path.endswith("/chat/completions")
         model = payload.get("model")
@@ -321,6 +361,9 @@ class DemoUpstream:
 
         if scenario.hang_before_headers:
             await _forever()
+        if scenario.reset_before_headers:
+            _reset(request)
+            return web.Response(status=500)  # never sent: the transport is gone
         if scenario.status != 200:
             return _error_response(scenario)
         headers = {**scenario.headers, "Content-Type": scenario.content_type}
@@ -349,7 +392,7 @@ class DemoUpstream:
         chunks: _Chunks,
         tokens: list[str],
         prompt_tokens: int,
-        huge: str | None,
+        huge: tuple[str, int, str] | None,
         out: _EventWriter,
     ) -> None:
         """Write the events up to the scenario's ending; a reset is left to the caller."""
@@ -361,7 +404,7 @@ class DemoUpstream:
             await out.send(opening)
         sent = 0
         if huge is not None:
-            await out.send(huge)
+            await out.send_huge(*huge)
             sent += 1
         count = len(tokens) if scenario.after is None else min(scenario.after, len(tokens))
         for i in range(count + 1):
@@ -426,12 +469,14 @@ def _prompt_text(payload: dict[str, Any]) -> str:
     return " ".join(p for p in parts if isinstance(p, str))
 
 
-def _huge(chunks: _Chunks, line_bytes: int) -> str:
-    """A content chunk whose ``data: ...`` line is exactly ``line_bytes`` bytes of valid JSON."""
-    skeleton = len(b"data: ") + len(_dumps(chunks.content("")).encode())
+def _huge(chunks: _Chunks, line_bytes: int) -> tuple[str, int, str]:
+    """A content chunk whose ``data: ...`` line is exactly ``line_bytes`` bytes of valid JSON,
+    as (JSON before the content, number of ``x`` characters, JSON after it)."""
+    before, after = _dumps(chunks.content("\0")).split("\\u0000")
+    skeleton = len(b"data: ") + len(before.encode()) + len(after.encode())
     if line_bytes < skeleton:
         raise ValueError(f"huge_line_bytes must be at least {skeleton}, got {line_bytes}")
-    return _dumps(chunks.content("x" * (line_bytes - skeleton)))
+    return before, line_bytes - skeleton, after
 
 
 async def _forever() -> None:
@@ -448,6 +493,14 @@ def _reset(request: web.Request) -> None:
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+
+
+@contextlib.contextmanager
+def refusing_base_url(host: str = "127.0.0.1") -> Iterator[str]:
+    """A base URL whose port refuses connections (bound, never listening) while in use."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        yield f"http://{host}:{sock.getsockname()[1]}/v1"
 
 
 async def start_demo_upstream(

@@ -14,7 +14,9 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from lib.retry import RetryPolicy, Target
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FUNCTION_FILE = "api/generate.py"
@@ -55,6 +57,20 @@ class Settings:
     allowed_origins: frozenset[str] = frozenset()
     cors_max_age: int = 600
     protection: Protection = field(default_factory=lambda: Protection())
+    # Resilience (issue 5): retries before the first byte, fallbacks, per-stream limits.
+    upstream_max_retries: int = 2
+    upstream_retry_base_delay: float = 0.5
+    upstream_retry_max_delay: float = 8.0
+    fallbacks: tuple[Target, ...] = ()
+    max_stream_seconds: float | None = 300.0
+    repetition_window: int = 2000
+    repetition_max_period: int = 200
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            self.upstream_max_retries, self.upstream_retry_base_delay, self.upstream_retry_max_delay
+        )
 
     @property
     def chat_url(self) -> str:
@@ -118,6 +134,50 @@ def _origins(env: Mapping[str, str]) -> frozenset[str]:
     return origins
 
 
+def _fallbacks(env: Mapping[str, str]) -> tuple[Target, ...]:
+    """``UPSTREAM_FALLBACKS``: a JSON list of ``{"base_url", "api_key_env", "model"}``.
+
+    Keys are never inline: ``api_key_env`` names the variable that holds the fallback's key
+    (default ``OPENAI_API_KEY``), so keys stay in the platform's secret variables and this one
+    can be shown and reviewed. ``model``, if given, replaces the caller's model for that upstream.
+    """
+    raw = env.get("UPSTREAM_FALLBACKS", "").strip()
+    if not raw:
+        return ()
+    try:
+        items: Any = json.loads(raw)
+    except ValueError:
+        raise SettingsError("UPSTREAM_FALLBACKS is not valid JSON") from None
+    if not isinstance(items, list):
+        raise SettingsError("UPSTREAM_FALLBACKS must be a JSON list of objects")
+    targets = []
+    for number, item in enumerate(items, 1):
+        where = f"UPSTREAM_FALLBACKS[{number - 1}]"
+        if not isinstance(item, dict):
+            raise SettingsError(f"{where} must be an object")
+        unknown = set(item) - {"base_url", "api_key_env", "model"}
+        if "api_key" in unknown:
+            raise SettingsError(
+                f"{where} has an inline api_key: put the key in its own variable and name that "
+                "variable in api_key_env"
+            )
+        if unknown:
+            raise SettingsError(f"{where} has unknown fields {sorted(unknown)}")
+        base_url, key_env, model = (
+            item.get("base_url"),
+            item.get("api_key_env", "OPENAI_API_KEY"),
+            item.get("model"),
+        )
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise SettingsError(f"{where}.base_url must start with http:// or https://")
+        if not isinstance(key_env, str) or not env.get(key_env, "").strip():
+            raise SettingsError(f"{where}.api_key_env={key_env!r} names no variable with a key")
+        if model is not None and (not isinstance(model, str) or not model):
+            raise SettingsError(f"{where}.model must be a non-empty string")
+        targets.append(Target(f"fallback{number}", base_url, env[key_env].strip(), model))
+    return tuple(targets)
+
+
 def vercel_max_duration(root: Path = PROJECT_ROOT, function: str = FUNCTION_FILE) -> float | None:
     """The ``maxDuration`` that ``vercel.json`` gives this function, if the file is deployed."""
     try:
@@ -147,6 +207,7 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
     default_format = _FORMATS.get(raw_format)
     if default_format is None:
         raise SettingsError(f"DEFAULT_FORMAT={raw_format!r} must be openai, ui or text")
+    window = _number(env, "REPETITION_WINDOW", 2000, int, 0, 1_000_000)  # 0: no detector
     return Settings(
         openai_api_key=env.get("OPENAI_API_KEY", "").strip() or None,
         openai_base_url=base_url,
@@ -173,6 +234,15 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
         allowed_origins=_origins(env),
         cors_max_age=_number(env, "CORS_MAX_AGE", 600, int, 0, 86_400),
         protection=load_protection(env),
+        upstream_max_retries=_number(env, "UPSTREAM_MAX_RETRIES", 2, int, 0, 10),
+        upstream_retry_base_delay=_number(env, "UPSTREAM_RETRY_BASE_DELAY", 0.5, float, 0.0, 60.0),
+        upstream_retry_max_delay=_number(env, "UPSTREAM_RETRY_MAX_DELAY", 8.0, float, 0.0, 600.0),
+        fallbacks=_fallbacks(env),
+        max_stream_seconds=_number(env, "MAX_STREAM_SECONDS", 300.0, float, 0.0, 86_400.0) or None,
+        repetition_window=window,
+        repetition_max_period=_number(
+            env, "REPETITION_MAX_PERIOD", min(200, max(1, window // 2)), int, 1, max(1, window // 2)
+        ),
     )
 
 

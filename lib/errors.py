@@ -22,18 +22,24 @@ becomes the in-band error of the caller's format (see ``lib/formats.py``)::
     │   │   └── UpstreamLineTooLong   502                         one SSE line over the limit
     │   ├── UpstreamBroken            502 upstream_error          connection broke mid-stream
     │   ├── UpstreamTruncated         502 upstream_error          ended without [DONE]
-    │   └── UpstreamStreamError       502 upstream_error          in-band error from upstream
+    │   ├── UpstreamStreamError       502 upstream_error          in-band error from upstream
+    │   └── RepetitiveOutput          502 repetitive_output       the model is looping
     ├── DeadlineExceeded              504 deadline_exceeded       the function's time is up
+    │   └── StreamTooLong             504 stream_duration_exceeded  MAX_STREAM_SECONDS reached
     ├── AuthenticationError           401 authentication_error    no or bad bearer token
     ├── RateLimited                   429 rate_limit_exceeded     a request or stream limit
     │   └── BudgetExhausted           429 insufficient_quota      the token budget is spent
     └── StoreUnavailable              503 store_unavailable       the limit store did not answer
+
+An ``UpstreamError`` raised before the stream also says whether asking again may help
+(``upstream_status``, ``retry_headers``, ``connect_failure``; see ``lib/retry.py``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 
@@ -110,6 +116,11 @@ class UpstreamError(APIError):
 
     status = 502
     type = "upstream_error"
+
+    # Set where the failure is translated (lib/upstream.py), read by the retry policy.
+    upstream_status: int | None = None  # the provider's HTTP status, if it answered
+    retry_headers: Mapping[str, str] = MappingProxyType({})  # lower-case names
+    connect_failure: bool = False  # refused, reset or silent before any answer
 
 
 class UpstreamAuthError(UpstreamError):
@@ -190,6 +201,18 @@ class StoreUnavailable(APIError):
 
     status = 503
     type = "store_unavailable"
+
+
+class RepetitiveOutput(UpstreamError):
+    """Raised when the model's text keeps repeating one short passage (see lib/repetition.py)."""
+
+    type = "repetitive_output"
+
+
+class StreamTooLong(DeadlineExceeded):
+    """Raised when a stream reaches MAX_STREAM_SECONDS, however much time the platform allows."""
+
+    type = "stream_duration_exceeded"
 
 
 def redact(message: str, secret: str | None, limit: int = 1000) -> str:

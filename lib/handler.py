@@ -36,6 +36,7 @@ from lib.request import (
     parse_json_object,
     parse_request,
 )
+from lib.resilience import open_upstream
 from lib.upstream import UpstreamClient
 
 ALLOW = b"OPTIONS, POST"
@@ -187,7 +188,9 @@ class GenerateHandler:
         async with exchange:
             try:
                 async with asyncio.timeout_at(cut_at):
-                    stream = await client.open(upstream_request, api_key)
+                    stream = await open_upstream(
+                        client, upstream_request, settings, api_key, log, cut_at
+                    )
             except TimeoutError:
                 raise DeadlineExceeded(
                     "The upstream did not answer before the function's time limit."

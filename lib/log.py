@@ -41,6 +41,8 @@ class RequestLog:
     prompt: str | None = None
     client: str | None = None  # what limits count against: token client id or address
     tokens_charged: int | None = None  # settled against TOKEN_BUDGET
+    upstream: str | None = None  # which upstream served: "primary" or "fallbackN" (never a key)
+    attempts: int = 0  # upstream requests sent, retries and fallbacks included
 
     def line(self) -> str:
         record = {k: v for k, v in asdict(self).items() if v is not None}

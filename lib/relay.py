@@ -21,6 +21,8 @@ from lib.config import Settings
 from lib.errors import (
     APIError,
     DeadlineExceeded,
+    RepetitiveOutput,
+    StreamTooLong,
     UpstreamProtocolError,
     UpstreamStreamError,
     UpstreamTimeout,
@@ -29,6 +31,7 @@ from lib.errors import (
 )
 from lib.formats import Format
 from lib.log import RequestLog
+from lib.repetition import RepetitionDetector
 from lib.sse import Event, SSEDecoder
 from lib.upstream import UpstreamStream
 
@@ -58,9 +61,10 @@ def quiet_broken_connections(server_logger: str = "uvicorn.error") -> None:
 class _Outcome:
     """What the upstream's events said so far."""
 
-    __slots__ = ("done", "events", "finish_reason", "usage")
+    __slots__ = ("done", "events", "finish_reason", "loops", "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, loops: RepetitionDetector | None = None) -> None:
+        self.loops = loops
         self.done = False
         self.events = 0
         self.finish_reason: str | None = None
@@ -81,7 +85,10 @@ async def relay(
     """Stream one accepted upstream response to the caller."""
     loop = asyncio.get_running_loop()
     decoder = SSEDecoder(settings.max_line_bytes)
-    outcome = _Outcome()
+    loops = None
+    if settings.repetition_window:
+        loops = RepetitionDetector(settings.repetition_window, settings.repetition_max_period)
+    outcome = _Outcome(loops)
     try:
         await exchange.start(200, [*fmt.headers, *headers])
         opening = fmt.open()
@@ -124,11 +131,16 @@ async def _pump(
     idle = settings.idle_timeout
     keepalive = settings.keepalive_interval
     last_data = last_write = loop.time()
+    # MAX_STREAM_SECONDS: a limit of its own, from the first byte sent, whatever the deadline.
+    longest = settings.max_stream_seconds
+    too_long_at = None if longest is None else last_data + longest
     while True:
         now = loop.time()
         wake = min(last_data + idle, last_write + keepalive)
         if cut_at is not None:
             wake = min(wake, cut_at)
+        if too_long_at is not None:
+            wake = min(wake, too_long_at)
         try:
             async with asyncio.timeout_at(wake):
                 chunk = await stream.read()
@@ -137,6 +149,11 @@ async def _pump(
             if cut_at is not None and now >= cut_at:
                 raise DeadlineExceeded(
                     "The response was cut off at the function's time limit; it is incomplete."
+                ) from None
+            if too_long_at is not None and now >= too_long_at:
+                raise StreamTooLong(
+                    f"The response was cut off after {longest:g} s, the "
+                    "longest a stream may last here; it is incomplete."
                 ) from None
             if now >= last_data + idle:
                 raise UpstreamTimeout(
@@ -197,6 +214,9 @@ def _translate_events(
             reason = choices[0].get("finish_reason")
             if isinstance(reason, str):
                 outcome.finish_reason = reason
+            looping = _looping(outcome, _text_of(choices[0]))
+            if looping is not None:
+                return b"".join(parts), looping
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             outcome.usage = usage
@@ -205,6 +225,27 @@ def _translate_events(
             parts.append(out)
             outcome.events += 1
     return b"".join(parts), None
+
+
+def _looping(outcome: _Outcome, text: str) -> APIError | None:
+    """The error that cuts a looping model off, once ``text`` completes the loop; call it with
+    every content delta (any fast path that skips parsing included)."""
+    if outcome.loops is None:
+        return None
+    period = outcome.loops.feed(text)
+    if period is None:
+        return None
+    return RepetitiveOutput(
+        f"The model kept repeating the same {period}-character passage; the response was cut "
+        "off and is incomplete."
+    )
+
+
+def _text_of(choice: dict[str, Any]) -> str:
+    """The generated text in a chat (``delta.content``) or completion (``text``) choice."""
+    delta = choice.get("delta")
+    text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+    return text if isinstance(text, str) else ""
 
 
 def _reject_constant(name: str) -> object:

@@ -222,7 +222,7 @@ def _messages(value: Any, settings: Settings) -> tuple[tuple[dict[str, str], ...
         if not isinstance(item, dict):
             raise RequestError(f"{param} must be an object.", param=param)
         role = item.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or dict is unhashable
             raise RequestError(
                 f"{param}.role must be one of system, user, assistant.", param=f"{param}.role"
             )

@@ -38,6 +38,7 @@ from lib.request import UpstreamRequest
 
 USER_AGENT = "streaming-function/0.1 (+aiohttp)"
 ERROR_BODY_LIMIT = 64 * 1024
+_RETRY_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
 _RETRY_AFTER = re.compile(r"[0-9]{1,10}(\.[0-9]{1,3})?|[A-Za-z0-9 ,:]{1,40} GMT")
 
 
@@ -60,6 +61,8 @@ class UpstreamStream:
             raise UpstreamBroken(
                 f"The upstream connection broke mid-stream ({type(exc).__name__})."
             ) from None
+        except RuntimeError:  # aiohttp's "Connection closed.": the session closed under us
+            raise UpstreamBroken("The upstream connection was closed mid-stream.") from None
 
     def close(self) -> None:
         """Drop the connection (a half-read stream cannot go back to the pool)."""
@@ -147,22 +150,36 @@ def _translate(settings: Settings, phase: str) -> Iterator[None]:
     except APIError:
         raise
     except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise UpstreamTimeout(
+        error: UpstreamError = UpstreamTimeout(
             "The upstream did not answer in time "
             f"(connect limit {settings.connect_timeout:g} s, first byte "
             f"{settings.first_byte_timeout:g} s)."
-        ) from None
+        )
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError(
+        error = UpstreamError(
             f"Could not connect to the upstream ({exc.os_error.__class__.__name__})."
-        ) from None
+        )
     except aiohttp.ClientError as exc:
-        raise UpstreamError(
-            f"The upstream request failed during {phase} ({type(exc).__name__})."
-        ) from None
+        error = UpstreamError(f"The upstream request failed during {phase} ({type(exc).__name__}).")
+    else:
+        return
+    error.connect_failure = True  # nothing came back: asking again may help (lib/retry.py)
+    raise error from None
 
 
 async def _status_error(
+    response: aiohttp.ClientResponse, api_key: str, settings: Settings
+) -> APIError:
+    error = await _status_error_for(response, api_key, settings)
+    if isinstance(error, UpstreamError):
+        error.upstream_status = response.status
+        error.retry_headers = {
+            name: response.headers[name] for name in _RETRY_HEADERS if name in response.headers
+        }
+    return error
+
+
+async def _status_error_for(
     response: aiohttp.ClientResponse, api_key: str, settings: Settings
 ) -> APIError:
     status = response.status

@@ -86,7 +86,13 @@ async def make_function(
     stops: list[Callable[[], Awaitable[None]]] = []
 
     async def start(root: Path = PROJECT_ROOT, **env: str) -> Function:
-        environ = {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": upstream_url, **env}
+        # Retries off unless a test asks for them (tests/test_faults.py): one fault, one request.
+        environ = {
+            "OPENAI_API_KEY": CANARY_KEY,
+            "OPENAI_BASE_URL": upstream_url,
+            "UPSTREAM_MAX_RETRIES": "0",
+            **env,
+        }
         handler = GenerateHandler(load_settings(environ, root=root))
         url, stop = await serve_asgi(handler)
         stops.append(stop)
@@ -127,6 +133,17 @@ class LogTap(logging.Handler):
                 self._changed.clear()
                 await self._changed.wait()
         return self.lines
+
+    async def requests(self, count: int) -> list[str]:
+        """Wait (at most 5 s) until ``count`` per-request lines were written (start-up warnings
+        and other events do not count); returns those lines."""
+        async with asyncio.timeout(5):
+            while (
+                len(found := [x for x in self.lines if x.startswith('{"event":"request"')]) < count
+            ):
+                self._changed.clear()
+                await self._changed.wait()
+        return found
 
 
 @pytest.fixture

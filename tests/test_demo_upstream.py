@@ -19,7 +19,14 @@ from aiohttp.test_utils import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dev.demo_upstream import DEMO_REPLY, DemoUpstream, Scenario, start_demo_upstream, tokenize
+from dev.demo_upstream import (
+    DEMO_REPLY,
+    DemoUpstream,
+    Scenario,
+    refusing_base_url,
+    start_demo_upstream,
+    tokenize,
+)
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -546,3 +553,36 @@ async def test_command_line_serves_the_demo() -> None:
     finally:
         proc.terminate()
         await proc.wait()
+
+
+# --- fault-suite additions (issue 5) -------------------------------------------------------------
+
+
+async def test_reset_before_headers_answers_nothing(client: Client, demo: DemoUpstream) -> None:
+    demo.push(Scenario(reset_before_headers=True))
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await client.post(CHAT, json=BODY)
+    assert len(demo.seen) == 1
+
+
+async def test_keyed_scenarios_go_to_their_prompt_only(client: Client, demo: DemoUpstream) -> None:
+    demo.push_for("mine", Scenario(status=503), Scenario(text="second"))
+    demo.push(Scenario(text="shared"))
+
+    def body(text: str) -> dict[str, Any]:
+        return {**BODY, "messages": [{"role": "user", "content": text}]}
+
+    async with client.post(CHAT, json=body("mine")) as resp:
+        assert resp.status == 503
+    async with client.post(CHAT, json=body("other")) as resp:
+        assert content_of(await Events(resp).rest()) == "shared"
+    async with client.post(CHAT, json=body("mine")) as resp:
+        assert content_of(await Events(resp).rest()) == "second"
+    demo.forget()
+    assert demo.seen == []
+
+
+async def test_refusing_base_url_refuses() -> None:
+    async with aiohttp.ClientSession() as http:
+        with refusing_base_url() as url, pytest.raises(aiohttp.ClientConnectorError):
+            await http.post(url + "/chat/completions", json=BODY)

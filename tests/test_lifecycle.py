@@ -61,7 +61,7 @@ async def test_disconnect_is_logged(
     demo.push(Scenario(silence_before_first=60))
     resp = await post(http, function.url, {"prompt": "x"})
     resp.close()
-    record = json.loads((await logs.wait_for(1))[-1])
+    record = json.loads((await logs.requests(1))[-1])
     assert record["client_disconnected"] is True
     assert record["status"] == 200
 
@@ -145,7 +145,7 @@ async def test_one_json_log_line_per_request(
     body = {"prompt": "secret prompt text", "stream_options": {"include_usage": True}}
     await (await post(http, function.url, body)).read()
     await (await http.get(function.url)).read()
-    lines = await logs.wait_for(2)
+    lines = await logs.requests(2)
     assert len(lines) == 2
     ok, rejected = (json.loads(line) for line in lines)
     assert ok["status"] == 200
@@ -172,7 +172,7 @@ async def test_prompts_are_logged_only_when_asked(
 ) -> None:
     function = await make_function(LOG_PROMPTS="true")
     await (await post(http, function.url, {"prompt": "log me\nplease"})).read()
-    line = (await logs.wait_for(1))[-1]
+    line = (await logs.requests(1))[-1]
     assert json.loads(line)["prompt"] == "log me\nplease"
     assert "\n" not in line
 
