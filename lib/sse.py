@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from lib.errors import UpstreamLineTooLong
 
@@ -41,9 +41,9 @@ _JSON = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":
 DONE: bytes = b"data: [DONE]\n\n"
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One dispatched event."""
+class Event(NamedTuple):
+    """One dispatched event (a named tuple: half the cost of a frozen dataclass to make, and the
+    decoder makes one per upstream token)."""
 
     data: str
     event: str | None = None

@@ -61,6 +61,15 @@ class UpstreamStream:
                 f"The upstream connection broke mid-stream ({type(exc).__name__})."
             ) from None
 
+    def read_buffered(self) -> bytes:
+        """What has already arrived, without waiting (``b""`` if nothing has, or at the end)."""
+        try:
+            return self._response.content.read_nowait()
+        except aiohttp.ClientError as exc:
+            raise UpstreamBroken(
+                f"The upstream connection broke mid-stream ({type(exc).__name__})."
+            ) from None
+
     def close(self) -> None:
         """Drop the connection (a half-read stream cannot go back to the pool)."""
         self._response.close()
