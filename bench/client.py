@@ -46,8 +46,15 @@ class StreamResult:
 class _StreamProtocol(asyncio.Protocol):
     """One request, one response, then the connection closes."""
 
-    def __init__(self, request: bytes, result: StreamResult, finished: asyncio.Future[None]):
+    def __init__(
+        self,
+        request: bytes,
+        result: StreamResult,
+        finished: asyncio.Future[None],
+        first_only: bool = False,
+    ) -> None:
         self._request = request
+        self._first_only = first_only
         self._result = result
         self._finished = finished
         self._head = b""
@@ -145,6 +152,10 @@ class _StreamProtocol(asyncio.Protocol):
         if count:
             if result.first_event_at is None:
                 result.first_event_at = now
+                if self._first_only:  # hang up: only the first byte and event were wanted
+                    result.complete = True
+                    if self._transport is not None:
+                        self._transport.close()
             result.event_times.extend([now] * count)
 
     def _finish(self) -> None:
@@ -176,8 +187,11 @@ def build_request(url: str, body: bytes) -> tuple[str, int, bytes]:
     return host, port, head.encode("ascii") + body
 
 
-async def stream_once(url: str, body: bytes, limit: float = 120.0) -> StreamResult:
-    """One streaming POST, read to the end (or until ``limit`` seconds passed)."""
+async def stream_once(
+    url: str, body: bytes, limit: float = 120.0, *, first_only: bool = False
+) -> StreamResult:
+    """One streaming POST, read to the end (or until ``limit`` seconds passed, or with
+    ``first_only`` until the first event)."""
     host, port, request = build_request(url, body)
     loop = asyncio.get_running_loop()
     result = StreamResult(sent_at=time.monotonic())
@@ -186,7 +200,7 @@ async def stream_once(url: str, body: bytes, limit: float = 120.0) -> StreamResu
     try:
         async with asyncio.timeout(limit):
             transport, _ = await loop.create_connection(
-                lambda: _StreamProtocol(request, result, finished), host, port
+                lambda: _StreamProtocol(request, result, finished, first_only), host, port
             )
             await finished
     except TimeoutError:

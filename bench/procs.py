@@ -63,6 +63,7 @@ class Server:
     """A server process of ours that prints ``READY <url>`` once it listens."""
 
     def __init__(self, args: list[str], *, log: Path | None = None, timeout: float = 30) -> None:
+        extra = os.environ.get("PYTHONPATH", "")
         stderr = None
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +71,7 @@ class Server:
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
             [sys.executable, *args],
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), extra]))},
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
@@ -89,7 +90,8 @@ class Server:
             raise RuntimeError(f"{' '.join(args)} did not start (got {line!r})")
         self.url = line.split(" ", 1)[1].strip()
         # Keep draining stdout (the function logs a line per request) so the pipe never fills.
-        threading.Thread(target=self._drain, daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
 
     def _drain(self) -> None:
         assert self.proc.stdout is not None
@@ -108,6 +110,11 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        drainer = getattr(self, "_drainer", None)
+        if drainer is not None:
+            drainer.join(2)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
     def __enter__(self) -> Server:
         return self

@@ -45,6 +45,7 @@ class Scale:
     """How big each workload is; ``--quick`` and the smoke test shrink it."""
 
     rounds: int = 5
+    w1_ttfb_samples: int = 10
     w1_tokens: int = 200
     w1_pace: float = 0.02
     w2_rounds: int = 5
@@ -171,11 +172,16 @@ async def warm(subjects: Subjects) -> None:
 # -- W1: latency ----------------------------------------------------------------------------
 
 
-def _w1_sample(r: StreamResult) -> dict[str, float]:
+def _w1_sample(r: StreamResult, firsts: list[StreamResult]) -> dict[str, float]:
+    """One round of one subject: the full stream's p99 gap, and the median time to first
+    byte and event over it and the extra requests that hung up after their first event."""
     nan = math.nan
+    every = [r, *firsts]
+    ttfb = [(x.first_byte_at - x.sent_at) * MS for x in every if x.first_byte_at]
+    ttfe = [(x.first_event_at - x.sent_at) * MS for x in every if x.first_event_at]
     return {
-        "ttfb": (r.first_byte_at - r.sent_at) * MS if r.first_byte_at else nan,
-        "ttfe": (r.first_event_at - r.sent_at) * MS if r.first_event_at else nan,
+        "ttfb": statistics.median(ttfb) if ttfb else nan,
+        "ttfe": statistics.median(ttfe) if ttfe else nan,
         "p99_gap": percentile(r.gaps(), 0.99) * MS,
     }
 
@@ -190,12 +196,21 @@ async def w1(scale: Scale, loop: str | None, logs: Path) -> dict[str, Any]:
         await warm(subjects)
         for rnd in range(scale.rounds):
             for kind in rotated(kinds, rnd):
-                result = await stream_once(subjects.url(kind), subjects.body(kind))
+                url, body = subjects.url(kind), subjects.body(kind)
+                result = await stream_once(url, body)
                 errors[kind] += not (result.ok and result.done)
-                raw[kind].append(_w1_sample(result))
+                firsts = []
+                for _ in range(scale.w1_ttfb_samples):
+                    firsts.append(await stream_once(url, body, first_only=True))
+                    await asyncio.sleep(0.01)  # let the relay finish with the hang-up
+                raw[kind].append(_w1_sample(result, firsts))
     finally:
         subjects.stop()
-    out: dict[str, Any] = {"tokens": scale.w1_tokens, "pace_ms": scale.w1_pace * MS}
+    out: dict[str, Any] = {
+        "tokens": scale.w1_tokens,
+        "pace_ms": scale.w1_pace * MS,
+        "ttfb_samples_per_round": 1 + scale.w1_ttfb_samples,
+    }
     for kind in kinds:
         row: dict[str, Any] = {"errors": errors[kind]}
         for metric in ("ttfb", "ttfe", "p99_gap"):
@@ -298,12 +313,17 @@ async def w2(scale: Scale, loop: str | None, logs: Path) -> dict[str, Any]:
             "cpu_s_per_100k": summary([s["cpu_s_per_100k"] for s in rows]),
             "client_events_per_stream": rows[0]["client_events"] / scale.w2_streams,
         }
-    base = out["passthrough"]["cpu_s_per_100k"]["median"]
-    out["ratios"] = {
-        f"{v.name} cpu_vs_passthrough": ratio(out[v.name]["cpu_s_per_100k"]["median"], base)
-        for v in variants
-        if v.kind == "function"
-    }
+    # Each round's ratio to the pass-through of the same round, then the median: paired, so
+    # that drift between rounds cancels.
+    base = [s["cpu_s_per_100k"] for s in samples["passthrough"]]
+    out["ratios"] = {}
+    out["ratio_ranges"] = {}
+    for v in variants:
+        if v.kind != "function":
+            continue
+        paired = [s["cpu_s_per_100k"] / b for s, b in zip(samples[v.name], base, strict=True)]
+        out["ratios"][f"{v.name} cpu_vs_passthrough"] = round(statistics.median(paired), 2)
+        out["ratio_ranges"][f"{v.name} cpu_vs_passthrough"] = summary(paired, 2)
     return out
 
 
@@ -348,6 +368,7 @@ async def w3(scale: Scale, loop: str | None, logs: Path) -> dict[str, Any]:
                     entry["added_p99_gap_ms"] = summary(added)
                     entry["rss_per_stream_kib"] = summary([r["rss_per_stream"] for r in runs], 1)
                     entry["rss_peak_mib"] = summary([r["rss_peak"] for r in runs], 1)
+                    entry["cpu_s_per_100k"] = summary([r["cpu_s_per_100k"] for r in runs])
                 row[kind] = entry
             out[str(level)] = row
     finally:
@@ -361,6 +382,7 @@ async def _w3_run(subjects: Subjects, kind: str, level: int, scale: Scale) -> di
         pid = subjects.start(kind).pid
         await stream_once(subjects.url(kind), subjects.body(kind), limit=0.5)
     base = rss_bytes(pid) if pid else 0
+    cpu0 = cpu_seconds(pid) if pid else 0.0
     peak = [base]
     stop = asyncio.Event()
     sampler = asyncio.create_task(_sample_rss(pid, peak, stop)) if pid else None
@@ -370,6 +392,7 @@ async def _w3_run(subjects: Subjects, kind: str, level: int, scale: Scale) -> di
     stop.set()
     if sampler is not None:
         await sampler
+    cpu = cpu_seconds(pid) - cpu0 if pid else math.nan
     gaps = [g for r in results for g in r.gaps()]
     ttfb = [r.first_byte_at - r.sent_at for r in results if r.first_byte_at]
     return {
@@ -380,6 +403,7 @@ async def _w3_run(subjects: Subjects, kind: str, level: int, scale: Scale) -> di
         "p99_ttfb": percentile(ttfb, 0.99) * MS,
         "rss_per_stream": (peak[0] - base) / level / 1024,
         "rss_peak": peak[0] / 2**20,
+        "cpu_s_per_100k": cpu / (level * scale.w3_tokens) * 100_000,
     }
 
 
@@ -492,7 +516,7 @@ def report(results: dict[str, Any]) -> str:
         )
         lines.append(
             f"  {'streams':<8}{'subject':<13}{'errors':>8}{'p99 gap ms':>24}"
-            f"{'added p99 gap ms':>24}{'RSS/stream KiB':>24}"
+            f"{'added p99 gap ms':>24}{'RSS/stream KiB':>22}{'CPU s/100k ev':>22}"
         )
         for level, row in w.items():
             if not level.isdigit():
@@ -501,7 +525,8 @@ def report(results: dict[str, Any]) -> str:
                 e = row[kind]
                 lines.append(
                     f"  {level:<8}{kind:<13}{e['errors']['max']:>8}{_fmt(e['p99_gap_ms']):>24}"
-                    f"{_fmt(e.get('added_p99_gap_ms')):>24}{_fmt(e.get('rss_per_stream_kib')):>24}"
+                    f"{_fmt(e.get('added_p99_gap_ms')):>24}{_fmt(e.get('rss_per_stream_kib')):>22}"
+                    f"{_fmt(e.get('cpu_s_per_100k')):>22}"
                 )
     if "w4" in results:
         w = results["w4"]
@@ -511,6 +536,12 @@ def report(results: dict[str, Any]) -> str:
         else:
             lines.append(f"  spawn -> first answer ms: {w['spawn_to_first_answer_ms_median']}")
             lines.append(f"  import ms: {w['import_wall_ms_median']}")
+    loads = {
+        k: v["loadavg_before_after"]
+        for k, v in results.items()
+        if isinstance(v, dict) and "loadavg_before_after" in v
+    }
+    lines.append(f"\nload average (1 min) before/after each workload: {loads}")
     lines.append("\nTargets (issue 7)")
     for name, measured, met in targets(results):
         mark = "n/a" if met is None else ("met" if met else "MISSED")
@@ -532,13 +563,20 @@ async def run_suite(scale: Scale, only: set[str], loop: str | None, logs: Path) 
     ]
     for name, step in steps:
         if name in only:
+            load_before = _loadavg()
             results[name] = await step()
+            # Other work on the machine shows up in every timing; CPU seconds are less exposed.
+            results[name]["loadavg_before_after"] = [load_before, _loadavg()]
     if "w4" in only:
         results["w4"] = await asyncio.to_thread(w4, scale)
     results["targets"] = [
         {"target": t, "measured": m, "met": met} for t, m, met in targets(results)
     ]
     return results
+
+
+def _loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def _cpus() -> int:
