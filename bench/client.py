@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import cast
 from urllib.parse import urlsplit
 
 _CRLF = b"\r\n"
@@ -67,8 +68,8 @@ class _StreamProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        transport = self._transport
         transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:

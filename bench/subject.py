@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("kind", choices=("function", "passthrough"))
     parser.add_argument("--upstream", required=True, help="base URL ending in /v1")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default=None)
+    parser.add_argument("--http", choices=("h11", "httptools"), default=None)
     args = parser.parse_args(argv)
     raise_fd_limit()
     os.environ.update(
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     app = load_app(args.kind)
     loop = args.loop or ("uvloop" if deployed("uvloop") else "asyncio")
-    http = "httptools" if deployed("httptools") else "h11"
+    http = args.http or ("httptools" if deployed("httptools") else "h11")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
