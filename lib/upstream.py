@@ -69,6 +69,8 @@ class UpstreamStream:
             raise UpstreamBroken(
                 f"The upstream connection broke mid-stream ({type(exc).__name__})."
             ) from None
+        except RuntimeError:  # a stored "Connection closed." (the session closed under us)
+            raise UpstreamBroken("The upstream connection was closed mid-stream.") from None
 
     def close(self) -> None:
         """Drop the connection (a half-read stream cannot go back to the pool)."""
