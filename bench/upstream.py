@@ -21,8 +21,10 @@ from dev.demo_upstream import DemoUpstream
 
 
 def reply_of(tokens: int) -> str:
-    """A reply that the demo upstream streams as exactly ``tokens`` tokens."""
-    return "".join(f" w{i % 100}" for i in range(tokens))
+    """A reply that the demo upstream streams as exactly ``tokens`` tokens, none repeated (a
+    periodic reply would exercise the function's repetition detector, which real text does
+    not)."""
+    return "".join(f" w{i}" for i in range(tokens))
 
 
 async def serve(host: str, port: int, pace: float, tokens: int) -> None:
