@@ -46,5 +46,8 @@ deps-browser:
 test: $(STAMP) deps-redis deps-js deps-browser lint
 	$(BIN)/python -m pytest $(ARGS)
 
+bench: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules $(JS)/node_modules

@@ -20,6 +20,7 @@ Both take chat- or completion-shaped upstream chunks (``choices[0].delta.content
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from lib.errors import APIError
@@ -99,6 +100,15 @@ class UIMessageStream:
             out = encode_json({"type": "text-start", "id": TEXT_ID})
         return out + encode_json({"type": "text-delta", "id": TEXT_ID, "delta": text})
 
+    def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
+        """The relay's fast path for a plain content chunk (see lib/formats.py)."""
+        if not text:
+            return b""
+        if not self._text_open:
+            return None  # the first text also opens the text part: chunk() does that
+        escaped = text if text.isascii() else json.dumps(text)[1:-1]
+        return _TEXT_DELTA_HEAD + escaped.encode("ascii") + _TEXT_DELTA_TAIL
+
     def _end(self, finish_reason: str) -> bytes:
         out = encode_json({"type": "text-end", "id": TEXT_ID}) if self._text_open else b""
         self._text_open = False
@@ -119,6 +129,10 @@ class UIMessageStream:
         return encode_comment("keep-alive")  # eventsource-parser (inside the AI SDK) skips it
 
 
+_TEXT_DELTA_HEAD = b'data: {"type":"text-delta","id":"' + TEXT_ID.encode() + b'","delta":"'
+_TEXT_DELTA_TAIL = b'"}\n\n'
+
+
 class TextStream:
     """The generated text alone, for ``useCompletion``/``TextStreamChatTransport`` with the text
     protocol and for ``curl -N``."""
@@ -131,6 +145,10 @@ class TextStream:
 
     def chunk(self, data: str, chunk: Chunk) -> bytes:
         return text_of(chunk).encode("utf-8")
+
+    def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
+        """The relay's fast path for a plain content chunk (see lib/formats.py)."""
+        return text.encode("utf-8")
 
     def close(self) -> bytes:
         return b""

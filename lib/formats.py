@@ -12,6 +12,8 @@ needs no change goes through as the upstream's own text (no JSON round trip).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from lib.errors import APIError
@@ -39,6 +41,12 @@ class Format(Protocol):
     def chunk(self, data: str, chunk: Chunk) -> bytes:
         """One upstream chunk (its raw JSON text and parsed form) as output bytes."""
         ...
+
+    # Optional fast path, looked up by the relay with getattr:
+    #   def delta(self, data: str, text: str, like: Chunk) -> bytes | None
+    # A plain content chunk (lib/relay.py, _ContentTemplate) left unparsed: its raw JSON, its
+    # text (no quote, backslash or control character) and ``like``, a parsed chunk identical
+    # but for the text. Returns exactly what ``chunk`` would; None means "parse it after all".
 
     def close(self) -> bytes:
         """The clean end of a complete answer."""
@@ -71,6 +79,7 @@ class OpenAIChat:
 
     def __init__(self, *, include_usage: bool) -> None:
         self._include_usage = include_usage
+        self._splice = _Splice(self._with_text)
 
     def open(self) -> bytes:
         return b""
@@ -81,6 +90,17 @@ class OpenAIChat:
         if _canonical(data):
             return _event(data)
         return encode_json(chunk)
+
+    def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
+        """A plain content chunk: as it is when canonical, else re-encoded around its text."""
+        if _canonical(data):
+            return _event(data)
+        return self._splice.event(like, text)
+
+    @staticmethod
+    def _with_text(like: Chunk, text: str) -> Chunk:
+        choice = like["choices"][0]
+        return {**like, "choices": [{**choice, "delta": {**choice["delta"], "content": text}}]}
 
     def close(self) -> bytes:
         return DONE
@@ -103,6 +123,18 @@ class OpenAICompletion(OpenAIChat):
             return b""
         return encode_json(to_completion(chunk))
 
+    def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
+        """A plain content chunk: the completion chunk around the text is encoded once."""
+        if like.get("object") != "chat.completion.chunk":
+            return None
+        return self._splice.event(like, text)
+
+    @staticmethod
+    def _with_text(like: Chunk, text: str) -> Chunk:
+        completion = to_completion(like)
+        completion["choices"][0]["text"] = text
+        return completion
+
     def keepalive(self) -> bytes | None:
         # The classic helper JSON-parses every event and reads choices[0].text: a comment would
         # break it (CONTRACT.md section 6), an empty text chunk cannot.
@@ -118,6 +150,39 @@ KEEPALIVE_COMPLETION = encode_json(
         "choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": None}],
     }
 )
+
+
+class _Splice:
+    """Output events for chunks that differ only in their text: the output JSON around the text
+    is encoded once per template chunk (``like``) and each text is spliced in. The text has no
+    quote, backslash or control character, so its JSON form is itself with non-ASCII escaped:
+    the bytes are exactly ``encode_json`` of the whole chunk."""
+
+    __slots__ = ("_build", "_head", "_like", "_tail")
+
+    def __init__(self, build: Callable[[Chunk, str], Chunk]) -> None:
+        self._build = build  # (like, text) -> the output chunk with that text
+        self._like: Chunk | None = None
+        self._head: bytes | None = None
+        self._tail = b""
+
+    def event(self, like: Chunk, text: str) -> bytes | None:
+        if like is not self._like:
+            whole = encode_json(self._build(like, _MARKER))
+            self._like, self._head = like, None
+            if whole.count(_MARKER_JSON) == 1:
+                cut = whole.index(_MARKER_JSON)
+                self._head, self._tail = whole[:cut], whole[cut + len(_MARKER_JSON) :]
+        if self._head is None:
+            return None
+        if text.isascii():
+            return self._head + text.encode("ascii") + self._tail
+        return self._head + _ESCAPE.encode(text)[1:-1].encode("ascii") + self._tail
+
+
+_MARKER = "\x00splice\x00"
+_MARKER_JSON = b"\\u0000splice\\u0000"
+_ESCAPE = json.JSONEncoder(ensure_ascii=True)  # the string encoder encode_json uses
 
 
 def to_completion(chunk: Chunk) -> Chunk:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Any
 
 from lib.asgi import Exchange
@@ -89,6 +90,7 @@ async def relay(
     if settings.repetition_window:
         loops = RepetitionDetector(settings.repetition_window, settings.repetition_max_period)
     outcome = _Outcome(loops)
+    template = _ContentTemplate()
     try:
         await exchange.start(200, [*fmt.headers, *headers])
         opening = fmt.open()
@@ -96,7 +98,17 @@ async def relay(
             await exchange.write(opening)
         try:
             await _pump(
-                stream, fmt, exchange, log, decoder, outcome, settings, cut_at, loop, started
+                stream,
+                fmt,
+                exchange,
+                log,
+                decoder,
+                outcome,
+                template,
+                settings,
+                cut_at,
+                loop,
+                started,
             )
         except APIError as error:
             log.error_type = error.type
@@ -123,6 +135,7 @@ async def _pump(
     log: RequestLog,
     decoder: SSEDecoder,
     outcome: _Outcome,
+    template: _ContentTemplate,
     settings: Settings,
     cut_at: float | None,
     loop: asyncio.AbstractEventLoop,
@@ -141,9 +154,13 @@ async def _pump(
             wake = min(wake, cut_at)
         if too_long_at is not None:
             wake = min(wake, too_long_at)
+        # Bytes already buffered need no timer: a timeout per read costs more than relaying
+        # a small event does. A read that has to wait gets the idle/keep-alive/deadline timer.
+        chunk = stream.read_buffered() if now < wake else b""
         try:
-            async with asyncio.timeout_at(wake):
-                chunk = await stream.read()
+            if not chunk:
+                async with asyncio.timeout_at(wake):
+                    chunk = await stream.read()
         except TimeoutError:
             now = loop.time()
             if cut_at is not None and now >= cut_at:
@@ -169,7 +186,9 @@ async def _pump(
         last_data = loop.time()
         if log.first_upstream_byte_ms is None:
             log.first_upstream_byte_ms = round((last_data - started) * 1000, 2)
-        out, failure = _translate_events(decoder.feed(chunk), fmt, outcome, settings.openai_api_key)
+        out, failure = _translate_events(
+            decoder.feed(chunk), fmt, outcome, settings.openai_api_key, template
+        )
         if out:
             await exchange.write(out)
             last_write = loop.time()
@@ -185,20 +204,37 @@ async def _pump(
 
 
 def _translate_events(
-    events: list[Event], fmt: Format, outcome: _Outcome, secret: str | None
+    events: list[Event],
+    fmt: Format,
+    outcome: _Outcome,
+    secret: str | None,
+    template: _ContentTemplate,
 ) -> tuple[bytes, APIError | None]:
     """The output bytes for the events one upstream read completed, and the failure that ended
     them, if any (the events before it still go out, in order)."""
     parts: list[bytes] = []
+    delta = getattr(fmt, "delta", None)  # formats without the fast path parse every chunk
     for event in events:
         data = event.data
         if not data:
             continue
+        if delta is not None and template.like is not None:
+            text = template.match(data)
+            if text is not None:
+                out = delta(data, text, template.like)
+                if out is not None:
+                    looping = _looping(outcome, text)
+                    if looping is not None:
+                        return b"".join(parts), looping
+                    if out:
+                        parts.append(out)
+                        outcome.events += 1
+                    continue
         if data == "[DONE]":
             outcome.done = True
             break
         try:
-            chunk = json.loads(data, parse_constant=_reject_constant)
+            chunk = _DECODER.decode(data)
         except ValueError:
             return b"".join(parts), UpstreamProtocolError(
                 "The upstream sent an event that is not valid JSON."
@@ -220,11 +256,80 @@ def _translate_events(
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             outcome.usage = usage
+        if delta is not None:
+            template.learn(data, chunk)
         out = fmt.chunk(data, chunk)
         if out:
             parts.append(out)
             outcome.events += 1
     return b"".join(parts), None
+
+
+class _ContentTemplate:
+    """Recognises a stream's plain content chunks by their bytes, so they skip ``json.loads``.
+
+    Most chunks of a stream differ only in their text: same id, model and created, one choice,
+    ``finish_reason`` null, no usage and no error. After parsing such a chunk whose text has no
+    quote, backslash or control character, the JSON before and after that text is kept. A later
+    chunk that starts and ends with exactly that JSON, and whose middle again has no quote,
+    backslash or control character, is the same document with another text: valid JSON, no
+    finish reason, no usage, no error, so nothing the slow path would learn from it is lost.
+    Anything else (other fields, escapes, a finish reason, usage, errors, ``[DONE]``, invalid
+    JSON) takes the slow path, which also re-learns the template.
+    """
+
+    __slots__ = ("head", "like", "tail")
+
+    def __init__(self) -> None:
+        self.like: dict[str, Any] | None = None  # the parsed chunk the template came from
+        self.head = ""
+        self.tail = ""
+
+    def learn(self, data: str, chunk: dict[str, Any]) -> None:
+        text = _plain_text(chunk)
+        if text is None or _UNSAFE_TEXT.search(text) is not None:
+            return
+        key = '"content":"'
+        start = data.find(key + text + '"')
+        if start < 0 or data.count(key) != 1:
+            return  # spelled differently by the upstream, or ambiguous: no template
+        cut = start + len(key)
+        self.head, self.tail, self.like = data[:cut], data[cut + len(text) :], chunk
+
+    def match(self, data: str) -> str | None:
+        """The chunk's text if it is a plain content chunk of the template's shape, else None."""
+        head, tail = self.head, self.tail
+        if len(data) >= len(head) + len(tail) and data.startswith(head) and data.endswith(tail):
+            text = data[len(head) : len(data) - len(tail)]
+            if _UNSAFE_TEXT.search(text) is None:
+                return text
+        return None
+
+
+# In a JSON string these three need escapes; their absence makes the text its own JSON form.
+_UNSAFE_TEXT = re.compile(r'[\x00-\x1f"\\]')
+_PLAIN_KEYS = frozenset({"id", "object", "created", "model", "system_fingerprint", "usage"})
+
+
+def _plain_text(chunk: dict[str, Any]) -> str | None:
+    """The text of a chat chunk that carries nothing but one content delta, else None."""
+    choices = chunk.get("choices")
+    if chunk.get("usage") is not None or not isinstance(choices, list) or len(choices) != 1:
+        return None
+    if any(key != "choices" and key not in _PLAIN_KEYS for key in chunk):
+        return None
+    choice = choices[0]
+    if not isinstance(choice, dict) or choice.keys() != {"index", "delta", "finish_reason"}:
+        return None
+    delta = choice["delta"]
+    if (
+        choice["finish_reason"] is not None
+        or not isinstance(delta, dict)
+        or delta.keys() != {"content"}
+    ):
+        return None
+    text = delta["content"]
+    return text if isinstance(text, str) else None
 
 
 def _looping(outcome: _Outcome, text: str) -> APIError | None:
@@ -250,6 +355,10 @@ def _text_of(choice: dict[str, Any]) -> str:
 
 def _reject_constant(name: str) -> object:
     raise ValueError(name)  # NaN and Infinity: no browser's JSON.parse accepts them
+
+
+# Built once: json.loads with a keyword argument builds a new decoder on every call (3 us).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _upstream_message(error: Any, secret: str | None) -> str:

@@ -446,3 +446,27 @@ def test_arbitrary_bytes_decode_the_same_however_they_are_cut(
     split = SSEDecoder()
     assert [event for piece in pieces for event in split.feed(piece)] == expected
     assert split.pending is whole.pending
+
+
+def test_simple_event_fast_path_matches_line_by_line() -> None:
+    """Runs of one-line ``data:`` events take a one-pass path; the events must be the same as
+    line by line, with the last event ID carried over and after anything unusual."""
+    stream = (
+        b"id: 7\ndata: a\n\ndata: b\n\n"
+        b": comment\n\ndata: c\n\ndata:\n\ndata: d\ndata: e\n\n"
+        b"event: x\ndata: f\n\ndata: g\n\n\n\ndata: h\r\n\r\ndata: \xc3\xa9\n\n"
+    )
+    expected = [
+        Event("a", id="7"),
+        Event("b", id="7"),
+        Event("c", id="7"),
+        Event("", id="7"),
+        Event("d\ne", id="7"),
+        Event("f", event="x", id="7"),
+        Event("g", id="7"),
+        Event("h", id="7"),
+        Event("é", id="7"),
+    ]
+    assert decode(stream) == expected
+    for i in range(len(stream) + 1):
+        assert decode(stream[:i], stream[i:]) == expected, i

@@ -1,0 +1,123 @@
+"""Process plumbing for the bench: spawn a server and wait for its READY line; read a process's
+CPU time and resident memory from /proc; raise the open-file limit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft open-file limit to the hard one (1,000 streams need 2,000+ sockets)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def fast_loop_policy() -> None:
+    """Use uvloop for bench infrastructure (upstream, client) when it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of all of a process's threads so far, in nanosecond resolution (the first field
+    of /proc/<pid>/task/*/schedstat); /proc/<pid>/stat's utime+stime count 10 ms ticks, too
+    coarse for a few thousand events. Falls back to those ticks where schedstat is missing."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a thread that ended while we looked
+    except FileNotFoundError:
+        total = 0
+    if total:
+        return total / 1e9
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process now (/proc/<pid>/statm, second field)."""
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+
+
+class Server:
+    """A server process of ours that prints ``READY <url>`` once it listens."""
+
+    def __init__(self, args: list[str], *, log: Path | None = None, timeout: float = 30) -> None:
+        extra = os.environ.get("PYTHONPATH", "")
+        stderr = None
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            stderr = log.open("ab")
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
+            [sys.executable, *args],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), extra]))},
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        if stderr is not None:
+            stderr.close()
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        line = ""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if line.startswith("READY ") or not line:
+                break
+        if not line.startswith("READY "):
+            self.stop()
+            raise RuntimeError(f"{' '.join(args)} did not start (got {line!r})")
+        self.url = line.split(" ", 1)[1].strip()
+        # Keep draining stdout (the function logs a line per request) so the pipe never fills.
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for _ in self.proc.stdout:
+            pass
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        drainer = getattr(self, "_drainer", None)
+        if drainer is not None:
+            drainer.join(2)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

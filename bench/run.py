@@ -1,0 +1,609 @@
+"""The benchmark suite: W1 latency, W2 throughput and CPU, W3 concurrency, W4 cold start.
+
+    .venv/bin/python -m bench            # the whole suite (a few minutes)
+    .venv/bin/python -m bench --quick    # the same machinery at small scale (about half a minute)
+
+Three subjects stream from the same demo upstream (bench/upstream.py, its own process): *direct*
+(the client talks to the upstream: the physical limit), *pass-through* (bench/passthrough.py: the
+limit for Python) and *function* (api/generate.py); both relays run in processes of their own
+under the runtime's uvicorn (bench/subject.py), so their CPU time and memory come from /proc.
+The client (bench/client.py) runs here. Within a round the subjects take turns, and the order
+rotates from round to round, so that the machine's drift hits them alike; each figure is the
+median over rounds with its min and max, and "added" means minus direct in the same round.
+W4 runs bench/cold_start.py when it is present. Results go to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.client import StreamResult, run_streams, stream_once
+from bench.procs import ROOT, Server, cpu_seconds, fast_loop_policy, raise_fd_limit, rss_bytes
+from bench.subject import BENCH_KEY
+
+RESULTS = ROOT / "bench" / "results"
+PROMPT = "Say hello to the bench."
+MS = 1000.0
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big each workload is; ``--quick`` and the smoke test shrink it."""
+
+    rounds: int = 5
+    w1_ttfb_samples: int = 10
+    w1_tokens: int = 200
+    w1_pace: float = 0.02
+    w2_rounds: int = 5
+    w2_streams: int = 8
+    w2_tokens: int = 2000
+    w3_rounds: int = 3
+    w3_levels: tuple[int, ...] = (100, 500, 1000)
+    w3_tokens: int = 200
+    w3_pace: float = 0.02
+    w3_stagger: float = 1.0
+    w4_runs: int = 7
+
+
+FULL = Scale()
+QUICK = Scale(
+    rounds=3,
+    w1_tokens=50,
+    w2_rounds=3,
+    w2_tokens=500,
+    w3_rounds=1,
+    w3_levels=(100,),
+    w3_tokens=50,
+    w3_stagger=0.2,
+    w4_runs=3,
+)
+
+
+def summary(values: list[float], digits: int = 3) -> dict[str, Any]:
+    """Median, min and max (NaN-free; None when there is nothing to summarise)."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+        "n": len(values),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+def ratio(ours: float | None, base: float | None) -> float | None:
+    if ours is None or base is None or base <= 0:
+        return None
+    return round(ours / base, 2)
+
+
+def chat_body() -> bytes:
+    """What an OpenAI-style client sends direct (and what the pass-through forwards): the same
+    upstream request our function builds (usage asked for, as ours does for its own logs)."""
+    return json.dumps(
+        {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": 4096,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    ).encode()
+
+
+FN_CHAT = json.dumps({"messages": [{"role": "user", "content": PROMPT}]}).encode()
+FN_PROMPT = json.dumps({"prompt": PROMPT}).encode()
+
+
+class Subjects:
+    """The upstream and both relays for one workload; relays can be restarted fresh."""
+
+    def __init__(self, pace: float, tokens: int, loop: str | None, logs: Path) -> None:
+        self._loop = loop
+        self._logs = logs
+        self.upstream = Server(
+            ["-m", "bench.upstream", "--pace", str(pace), "--tokens", str(tokens)],
+            log=logs / "upstream.log",
+        )
+        self.relays: dict[str, Server] = {}
+        for kind in ("passthrough", "function"):
+            self.start(kind)
+
+    def start(self, kind: str) -> Server:
+        old = self.relays.pop(kind, None)
+        if old is not None:
+            old.stop()
+        args = ["-m", "bench.subject", kind, "--upstream", self.upstream.url]
+        if self._loop:
+            args += ["--loop", self._loop]
+        server = Server(args, log=self._logs / f"{kind}.log")
+        self.relays[kind] = server
+        return server
+
+    @property
+    def direct_url(self) -> str:
+        return self.upstream.url + "/chat/completions"
+
+    def url(self, kind: str) -> str:
+        return self.direct_url if kind == "direct" else self.relays[kind].url
+
+    def body(self, kind: str) -> bytes:
+        return FN_CHAT if kind == "function" else chat_body()
+
+    def stop(self) -> None:
+        for server in self.relays.values():
+            server.stop()
+        self.upstream.stop()
+
+
+def rotated[T](items: list[T], shift: int) -> list[T]:
+    shift %= len(items)
+    return items[shift:] + items[:shift]
+
+
+async def warm(subjects: Subjects) -> None:
+    """One short request per relay: imports, the shared session and its pool get going."""
+    for kind in ("passthrough", "function"):
+        await stream_once(subjects.url(kind), subjects.body(kind), limit=0.5)
+
+
+# -- W1: latency ----------------------------------------------------------------------------
+
+
+def _w1_sample(r: StreamResult, firsts: list[StreamResult]) -> dict[str, float]:
+    """One round of one subject: the full stream's p99 gap, and the median time to first
+    byte and event over it and the extra requests that hung up after their first event."""
+    nan = math.nan
+    every = [r, *firsts]
+    ttfb = [(x.first_byte_at - x.sent_at) * MS for x in every if x.first_byte_at]
+    ttfe = [(x.first_event_at - x.sent_at) * MS for x in every if x.first_event_at]
+    return {
+        "ttfb": statistics.median(ttfb) if ttfb else nan,
+        "ttfe": statistics.median(ttfe) if ttfe else nan,
+        "p99_gap": percentile(r.gaps(), 0.99) * MS,
+    }
+
+
+async def w1(scale: Scale, loop: str | None, logs: Path) -> dict[str, Any]:
+    """One stream at a time: time to first byte and event, p99 gap; added = minus direct."""
+    subjects = Subjects(scale.w1_pace, scale.w1_tokens, loop, logs)
+    kinds = ["direct", "passthrough", "function"]
+    raw: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+    errors = dict.fromkeys(kinds, 0)
+    try:
+        await warm(subjects)
+        for rnd in range(scale.rounds):
+            for kind in rotated(kinds, rnd):
+                url, body = subjects.url(kind), subjects.body(kind)
+                result = await stream_once(url, body)
+                errors[kind] += not (result.ok and result.done)
+                firsts = []
+                for _ in range(scale.w1_ttfb_samples):
+                    firsts.append(await stream_once(url, body, first_only=True))
+                    await asyncio.sleep(0.01)  # let the relay finish with the hang-up
+                raw[kind].append(_w1_sample(result, firsts))
+    finally:
+        subjects.stop()
+    out: dict[str, Any] = {
+        "tokens": scale.w1_tokens,
+        "pace_ms": scale.w1_pace * MS,
+        "ttfb_samples_per_round": 1 + scale.w1_ttfb_samples,
+    }
+    for kind in kinds:
+        row: dict[str, Any] = {"errors": errors[kind]}
+        for metric in ("ttfb", "ttfe", "p99_gap"):
+            row[f"{metric}_ms"] = summary([s[metric] for s in raw[kind]])
+            if kind != "direct":
+                added = [
+                    s[metric] - d[metric] for s, d in zip(raw[kind], raw["direct"], strict=True)
+                ]
+                row[f"added_{metric}_ms"] = summary(added)
+        out[kind] = row
+    fn, pt = out["function"], out["passthrough"]
+    out["ratios"] = {
+        "added_ttfb_vs_passthrough": ratio(
+            fn["added_ttfb_ms"]["median"], pt["added_ttfb_ms"]["median"]
+        ),
+        "added_ttfe_vs_passthrough": ratio(
+            fn["added_ttfe_ms"]["median"], pt["added_ttfe_ms"]["median"]
+        ),
+    }
+    return out
+
+
+# -- W2: throughput and CPU -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    kind: str  # direct, passthrough, function
+    query: str = ""
+    body: bytes = b""
+
+
+async def detect_formats(subjects: Subjects) -> dict[str, bool]:
+    """Whether the function knows ``?format=ui`` and ``?format=text`` (issue 4): a UI message
+    stream announces itself with its header, a text stream with text/plain."""
+    found = {}
+    for name, check in (
+        ("ui", lambda h: b"x-vercel-ai-ui-message-stream" in h),
+        ("text", lambda h: h.get(b"content-type", b"").startswith(b"text/plain")),
+    ):
+        result = await stream_once(f"{subjects.url('function')}?format={name}", FN_PROMPT, 0.5)
+        found[name] = result.status == 200 and check(result.headers)
+    return found
+
+
+async def w2(scale: Scale, loop: str | None, logs: Path) -> dict[str, Any]:
+    """8 streams at once, no pacing: events per second and relay CPU per 100k events."""
+    subjects = Subjects(0.0, scale.w2_tokens, loop, logs)
+    try:
+        await warm(subjects)
+        formats = await detect_formats(subjects)
+        variants = [
+            Variant("direct", "direct", body=chat_body()),
+            Variant("passthrough", "passthrough", body=chat_body()),
+            Variant("function chat", "function", body=FN_CHAT),
+            Variant("function prompt->completion", "function", body=FN_PROMPT),
+        ]
+        skipped = []
+        for name in ("ui", "text"):
+            if formats[name]:
+                variants.append(
+                    Variant(f"function {name}", "function", f"?format={name}", FN_PROMPT)
+                )
+            else:
+                skipped.append(f"function {name}: ?format={name} not supported by this build")
+        samples: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants}
+        errors = {v.name: 0 for v in variants}
+        for rnd in range(scale.w2_rounds):
+            for variant in rotated(variants, rnd):
+                pid = None if variant.kind == "direct" else subjects.relays[variant.kind].pid
+                url = subjects.url(variant.kind) + variant.query
+                cpu0 = cpu_seconds(pid) if pid else 0.0
+                t0 = time.monotonic()
+                results = await run_streams(url, variant.body, scale.w2_streams)
+                wall = time.monotonic() - t0
+                cpu = cpu_seconds(pid) - cpu0 if pid else math.nan
+                upstream_events = scale.w2_streams * scale.w2_tokens
+                errors[variant.name] += sum(not r.ok for r in results)
+                samples[variant.name].append(
+                    {
+                        "events_per_s": upstream_events / wall,
+                        "cpu_s_per_100k": cpu / upstream_events * 100_000,
+                        "client_events": sum(len(r.event_times) for r in results),
+                    }
+                )
+    finally:
+        subjects.stop()
+    out: dict[str, Any] = {
+        "streams": scale.w2_streams,
+        "tokens": scale.w2_tokens,
+        "skipped": skipped,
+        "note": "events = upstream content tokens; CPU = relay process user+sys from /proc",
+    }
+    for variant in variants:
+        rows = samples[variant.name]
+        out[variant.name] = {
+            "errors": errors[variant.name],
+            "events_per_s": summary([s["events_per_s"] for s in rows], 0),
+            "cpu_s_per_100k": summary([s["cpu_s_per_100k"] for s in rows]),
+            "client_events_per_stream": rows[0]["client_events"] / scale.w2_streams,
+        }
+    # Each round's ratio to the pass-through of the same round, then the median: paired, so
+    # that drift between rounds cancels.
+    base = [s["cpu_s_per_100k"] for s in samples["passthrough"]]
+    out["ratios"] = {}
+    out["ratio_ranges"] = {}
+    for v in variants:
+        if v.kind != "function":
+            continue
+        paired = [s["cpu_s_per_100k"] / b for s, b in zip(samples[v.name], base, strict=True)]
+        out["ratios"][f"{v.name} cpu_vs_passthrough"] = round(statistics.median(paired), 2)
+        out["ratio_ranges"][f"{v.name} cpu_vs_passthrough"] = summary(paired, 2)
+    return out
+
+
+# -- W3: concurrency ------------------------------------------------------------------------
+
+
+async def _sample_rss(pid: int, peak: list[int], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        peak[0] = max(peak[0], rss_bytes(pid))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.05)
+
+
+async def w3(scale: Scale, loop: str | None, logs: Path) -> dict[str, Any]:
+    """N streams at once in one relay process (fresh for every run, so memory is its own)."""
+    subjects = Subjects(scale.w3_pace, scale.w3_tokens, loop, logs)
+    kinds = ["direct", "passthrough", "function"]
+    out: dict[str, Any] = {
+        "tokens": scale.w3_tokens,
+        "pace_ms": scale.w3_pace * MS,
+        "stagger_s": scale.w3_stagger,
+    }
+    try:
+        for level in scale.w3_levels:
+            raw: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
+            for rnd in range(scale.w3_rounds):
+                for kind in rotated(kinds, rnd):
+                    raw[kind].append(await _w3_run(subjects, kind, level, scale))
+            row: dict[str, Any] = {}
+            for kind in kinds:
+                runs = raw[kind]
+                entry: dict[str, Any] = {
+                    "errors": summary([r["errors"] for r in runs], 0),
+                    "p99_gap_ms": summary([r["p99_gap"] for r in runs]),
+                    "p99_ttfb_ms": summary([r["p99_ttfb"] for r in runs]),
+                }
+                if kind != "direct":
+                    added = [
+                        r["p99_gap"] - d["p99_gap"]
+                        for r, d in zip(runs, raw["direct"], strict=True)
+                    ]
+                    entry["added_p99_gap_ms"] = summary(added)
+                    entry["rss_per_stream_kib"] = summary([r["rss_per_stream"] for r in runs], 1)
+                    entry["rss_peak_mib"] = summary([r["rss_peak"] for r in runs], 1)
+                    entry["cpu_s_per_100k"] = summary([r["cpu_s_per_100k"] for r in runs])
+                row[kind] = entry
+            out[str(level)] = row
+    finally:
+        subjects.stop()
+    return out
+
+
+async def _w3_run(subjects: Subjects, kind: str, level: int, scale: Scale) -> dict[str, float]:
+    pid = None
+    if kind != "direct":
+        pid = subjects.start(kind).pid
+        await stream_once(subjects.url(kind), subjects.body(kind), limit=0.5)
+    base = rss_bytes(pid) if pid else 0
+    cpu0 = cpu_seconds(pid) if pid else 0.0
+    peak = [base]
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(_sample_rss(pid, peak, stop)) if pid else None
+    results = await run_streams(
+        subjects.url(kind), subjects.body(kind), level, stagger=scale.w3_stagger
+    )
+    stop.set()
+    if sampler is not None:
+        await sampler
+    cpu = cpu_seconds(pid) - cpu0 if pid else math.nan
+    gaps = [g for r in results for g in r.gaps()]
+    ttfb = [r.first_byte_at - r.sent_at for r in results if r.first_byte_at]
+    return {
+        "errors": sum(
+            not (r.ok and r.done) or len(r.event_times) < scale.w3_tokens for r in results
+        ),
+        "p99_gap": percentile(gaps, 0.99) * MS,
+        "p99_ttfb": percentile(ttfb, 0.99) * MS,
+        "rss_per_stream": (peak[0] - base) / level / 1024,
+        "rss_peak": peak[0] / 2**20,
+        "cpu_s_per_100k": cpu / (level * scale.w3_tokens) * 100_000,
+    }
+
+
+# -- W4: cold start (bench/cold_start.py, when present) -------------------------------------
+
+
+def w4(scale: Scale) -> dict[str, Any]:
+    """Run bench/cold_start.py (a separate script) and read its results file."""
+    script = ROOT / "bench" / "cold_start.py"
+    if not script.exists():
+        return {"skipped": "bench/cold_start.py is not in this tree"}
+    out_file = RESULTS / "cold_start.json"
+    subprocess.run(  # noqa: S603 - our own interpreter and script
+        [
+            sys.executable,
+            "-m",
+            "bench.cold_start",
+            "--runs",
+            str(scale.w4_runs),
+            "--out",
+            str(out_file),
+        ],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    data: dict[str, Any] = json.loads(out_file.read_text())
+    spawn = data.get("spawn_to_first_answer_ms_median", {})
+    imports = data.get("import_wall_ms_median", {})
+    data["ratios"] = {
+        "cold_start_vs_bare": ratio(spawn.get("api/generate.py"), spawn.get("bare ASGI app")),
+        "import_vs_aiohttp": ratio(imports.get("api.generate"), imports.get("aiohttp alone")),
+    }
+    return data
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def _fmt(s: dict[str, Any] | None, unit: str = "") -> str:
+    if not s or s.get("median") is None:
+        return "n/a"
+    return f"{s['median']:g}{unit} [{s['min']:g}..{s['max']:g}]"
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for every target of issue 7 that this run measured."""
+    rows: list[tuple[str, str, bool | None]] = []
+    if "w1" in results:
+        w = results["w1"]
+        r = w["ratios"]["added_ttfb_vs_passthrough"]
+        rows.append(
+            ("W1 added TTFB <= 1.1x pass-through", f"{r}x", None if r is None else r <= 1.1)
+        )
+        g = w["function"]["added_p99_gap_ms"]["median"]
+        rows.append(("W1 added p99 gap < 1 ms", f"{g} ms", g < 1))
+    if "w2" in results:
+        for name, r in results["w2"]["ratios"].items():
+            limit = 1.5 if name.startswith("function chat ") else 3.0
+            rows.append((f"W2 {name} <= {limit}x", f"{r}x", None if r is None else r <= limit))
+    if "w3" in results:
+        for level, row in results["w3"].items():
+            if not level.isdigit():
+                continue
+            fn = row["function"]
+            errs = fn["errors"]["max"]
+            gap = fn["added_p99_gap_ms"]["median"]
+            rss = fn["rss_per_stream_kib"]["median"]
+            rows.append((f"W3 {level} streams: errors == 0", str(errs), errs == 0))
+            rows.append((f"W3 {level} streams: added p99 gap < 25 ms", f"{gap} ms", gap < 25))
+            rows.append((f"W3 {level} streams: RSS/stream <= 64 KiB", f"{rss} KiB", rss <= 64))
+    if "w4" in results and "ratios" in results["w4"]:
+        for name, limit in (("cold_start_vs_bare", 1.2), ("import_vs_aiohttp", 1.5)):
+            r = results["w4"]["ratios"][name]
+            rows.append((f"W4 {name} <= {limit}x", f"{r}x", None if r is None else r <= limit))
+    return rows
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [f"bench on {results['machine']}"]
+    if "w1" in results:
+        w = results["w1"]
+        lines.append(f"\nW1 latency: 1 stream, {w['tokens']} tokens {w['pace_ms']:g} ms apart (ms)")
+        lines.append(
+            f"  {'subject':<13}{'ttfb':>24}{'added ttfb':>24}{'added ttfe':>24}"
+            f"{'added p99 gap':>24}"
+        )
+        for kind in ("direct", "passthrough", "function"):
+            row = w[kind]
+            lines.append(
+                f"  {kind:<13}{_fmt(row['ttfb_ms']):>24}{_fmt(row.get('added_ttfb_ms')):>24}"
+                f"{_fmt(row.get('added_ttfe_ms')):>24}{_fmt(row.get('added_p99_gap_ms')):>24}"
+            )
+    if "w2" in results:
+        w = results["w2"]
+        lines.append(f"\nW2 throughput: {w['streams']} streams x {w['tokens']} tokens, no delay")
+        lines.append(f"  {'subject':<30}{'events/s':>28}{'CPU s / 100k events':>28}{'errors':>8}")
+        for name, row in w.items():
+            if isinstance(row, dict) and "events_per_s" in row:
+                lines.append(
+                    f"  {name:<30}{_fmt(row['events_per_s']):>28}"
+                    f"{_fmt(row['cpu_s_per_100k']):>28}{row['errors']:>8}"
+                )
+        lines.extend(f"  skipped: {s}" for s in w["skipped"])
+    if "w3" in results:
+        w = results["w3"]
+        lines.append(
+            f"\nW3 concurrency: {w['tokens']} tokens {w['pace_ms']:g} ms apart, "
+            f"starts spread over {w['stagger_s']:g} s"
+        )
+        lines.append(
+            f"  {'streams':<8}{'subject':<13}{'errors':>8}{'p99 gap ms':>24}"
+            f"{'added p99 gap ms':>24}{'RSS/stream KiB':>22}{'CPU s/100k ev':>22}"
+        )
+        for level, row in w.items():
+            if not level.isdigit():
+                continue
+            for kind in ("direct", "passthrough", "function"):
+                e = row[kind]
+                lines.append(
+                    f"  {level:<8}{kind:<13}{e['errors']['max']:>8}{_fmt(e['p99_gap_ms']):>24}"
+                    f"{_fmt(e.get('added_p99_gap_ms')):>24}{_fmt(e.get('rss_per_stream_kib')):>22}"
+                    f"{_fmt(e.get('cpu_s_per_100k')):>22}"
+                )
+    if "w4" in results:
+        w = results["w4"]
+        lines.append("\nW4 cold start (bench/cold_start.py)")
+        if "skipped" in w:
+            lines.append(f"  skipped: {w['skipped']}")
+        else:
+            lines.append(f"  spawn -> first answer ms: {w['spawn_to_first_answer_ms_median']}")
+            lines.append(f"  import ms: {w['import_wall_ms_median']}")
+    loads = {
+        k: v["loadavg_before_after"]
+        for k, v in results.items()
+        if isinstance(v, dict) and "loadavg_before_after" in v
+    }
+    lines.append(f"\nload average (1 min) before/after each workload: {loads}")
+    lines.append("\nTargets (issue 7)")
+    for name, measured, met in targets(results):
+        mark = "n/a" if met is None else ("met" if met else "MISSED")
+        lines.append(f"  {mark:<7}{name:<52}{measured}")
+    return "\n".join(lines)
+
+
+async def run_suite(scale: Scale, only: set[str], loop: str | None, logs: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}",
+        "scale": scale.__dict__,
+        "subject_loop": loop or "as deployed (requirements.txt)",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("w1", lambda: w1(scale, loop, logs)),
+        ("w2", lambda: w2(scale, loop, logs)),
+        ("w3", lambda: w3(scale, loop, logs)),
+    ]
+    for name, step in steps:
+        if name in only:
+            load_before = _loadavg()
+            results[name] = await step()
+            # Other work on the machine shows up in every timing; CPU seconds are less exposed.
+            results[name]["loadavg_before_after"] = [load_before, _loadavg()]
+    if "w4" in only:
+        results["w4"] = await asyncio.to_thread(w4, scale)
+    results["targets"] = [
+        {"target": t, "measured": m, "met": met} for t, m, met in targets(results)
+    ]
+    return results
+
+
+def _loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="W1-W4 on loopback against the demo upstream")
+    parser.add_argument("--quick", action="store_true", help="small scale, for a quick look")
+    parser.add_argument("--only", default="w1,w2,w3,w4", help="comma-separated workloads")
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default=None, help="force the relays' loop"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="results file (JSON)")
+    args = parser.parse_args(argv)
+    raise_fd_limit()
+    fast_loop_policy()
+    scale = QUICK if args.quick else FULL
+    only = {w.strip().lower() for w in args.only.split(",")}
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    logs = RESULTS / "logs"
+    results = asyncio.run(run_suite(scale, only, args.loop, logs))
+    out = args.out or RESULTS / f"bench-{stamp}{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(report(results))
+    print(f"\nresults: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+
+
+__all__ = ["BENCH_KEY", "FULL", "QUICK", "Scale", "main", "run_suite"]

@@ -1,0 +1,56 @@
+"""The benchmark machinery at toy scale: real processes on loopback, well-formed results.
+
+Nothing here asserts speed (targets live in ``python -m bench``); only that every workload runs
+end to end, streams complete without errors, and the report and targets can be built."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.run import Scale, report, run_suite
+
+TINY = Scale(
+    rounds=1,
+    w1_ttfb_samples=1,
+    w1_tokens=5,
+    w1_pace=0.005,
+    w2_rounds=1,
+    w2_streams=2,
+    w2_tokens=20,
+    w3_rounds=1,
+    w3_levels=(5,),
+    w3_tokens=5,
+    w3_pace=0.005,
+    w3_stagger=0.0,
+    w4_runs=1,
+)
+
+
+async def test_bench_runs_end_to_end(tmp_path: Path) -> None:
+    results = await run_suite(TINY, {"w1", "w2", "w3"}, None, tmp_path)
+    json.dumps(results)  # the results file must be writable as JSON
+
+    w1 = results["w1"]
+    for kind in ("direct", "passthrough", "function"):
+        assert w1[kind]["errors"] == 0, kind
+        assert w1[kind]["ttfb_ms"]["median"] > 0
+    assert w1["function"]["added_p99_gap_ms"]["n"] == 1
+
+    w2 = results["w2"]
+    for name in ("direct", "passthrough", "function chat", "function prompt->completion"):
+        assert w2[name]["errors"] == 0, name
+        assert w2[name]["events_per_s"]["median"] > 0
+    assert w2["function chat"]["cpu_s_per_100k"]["median"] > 0
+    assert w2["function chat"]["client_events_per_stream"] >= TINY.w2_tokens
+    assert "function chat cpu_vs_passthrough" in w2["ratios"]
+
+    w3 = results["w3"]["5"]
+    for kind in ("direct", "passthrough", "function"):
+        assert w3[kind]["errors"]["max"] == 0, kind
+    assert w3["function"]["rss_per_stream_kib"]["n"] == 1
+
+    targets = results["targets"]
+    assert targets
+    assert all({"target", "measured", "met"} <= set(t) for t in targets)
+    assert "W2 throughput" in report(results)
