@@ -36,14 +36,15 @@ class RepetitionDetector:
         self._tail = tail
         if len(tail) < self._window:
             return None
-        return period(tail[-self._window :], self._max_period)
+        return period(tail, self._max_period, len(tail) - self._window)
 
 
-def period(text: str, max_period: int) -> int | None:
-    """The smallest ``p <= max_period`` with ``text[p:] == text[:-p]``, found via the positions
-    where the last few characters occur again; None if ``text`` has no such period."""
+def period(text: str, max_period: int, start: int = 0) -> int | None:
+    """The smallest ``p <= max_period`` with ``w[p:] == w[:-p]`` for ``w = text[start:]``, found
+    via the positions where the last few characters occur again; None if there is none. The
+    window is addressed by index, not copied: this runs for every delta of every stream."""
     n = len(text)
-    key_len = min(_KEY, n - max_period)
+    key_len = min(_KEY, n - start - max_period)
     if key_len <= 0:
         return None
     key = text[n - key_len :]
@@ -54,6 +55,6 @@ def period(text: str, max_period: int) -> int | None:
         if i < 0:
             return None
         shift = n - key_len - i
-        if text[shift:] == text[:-shift]:
+        if text[start + shift :] == text[start : n - shift]:
             return shift
         end = i + key_len - 1
