@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import random
-import socket
 import statistics
 import sys
 import time
@@ -41,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import uvicorn
 
 from dev.demo_upstream import DemoUpstream, Scenario, start_demo_upstream
+from dev.inprocess import serve_asgi
 from lib.config import load_settings
 from lib.handler import GenerateHandler
 
@@ -131,7 +130,7 @@ class Rig:
             "MAX_DURATION": "300",
         }
         self.handler = GenerateHandler(load_settings(env, root=Path(__file__).parent))
-        url, stop = await _serve(self.handler)
+        url, stop = await serve_asgi(self.handler, backlog=4096, timeout_graceful_shutdown=None)
         self._stops.append(stop)
         self.url = url + "/api/generate"
         return self
@@ -174,25 +173,6 @@ class Rig:
             "blocks_over_baseline": now.blocks - baseline.blocks,
             "rss_mb": now.rss_mb,
         }
-
-
-async def _serve(app: Any) -> tuple[str, Callable[[], Awaitable[None]]]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", ws="none", backlog=4096)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.001)
-
-    async def stop() -> None:
-        server.should_exit = True
-        await task
-        sock.close()
-
-    return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
 
 
 def _body(key: str) -> bytes:

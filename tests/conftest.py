@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-import uvicorn
 from aiohttp.test_utils import TestServer
 
 from dev.demo_upstream import DemoUpstream
+from dev.inprocess import serve_asgi
 from lib.config import PROJECT_ROOT, load_settings
 from lib.handler import GenerateHandler
 
@@ -48,34 +46,6 @@ async def upstream_url(
 ) -> str:
     server = await aiohttp_server(demo.app)  # TestServer turns on handler_cancellation
     return str(server.make_url("/v1"))
-
-
-async def serve_asgi(app: Any) -> tuple[str, Callable[[], Awaitable[None]]]:
-    """Serve ``app`` with uvicorn on an ephemeral loopback port; returns (base URL, stop)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app,
-        lifespan="on",
-        log_level="warning",
-        timeout_graceful_shutdown=2,
-        ws="none",
-    )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.001)
-
-    async def stop() -> None:
-        server.should_exit = True
-        await task
-        sock.close()
-
-    return f"http://127.0.0.1:{port}", stop
 
 
 @pytest.fixture
