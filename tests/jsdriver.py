@@ -7,7 +7,9 @@ reader thread and handed to the loop as ``concurrent.futures`` results: a call n
 loop that serves the function the client is talking to.
 
 The node packages are installed by ``make deps-js`` (``npm ci`` from the committed lock file),
-which ``make test`` runs first; a missing install fails loudly instead of skipping.
+which ``make test`` runs first; a missing install fails loudly instead of skipping. Node itself
+comes from that install too (the npm ``node`` package, 22.x): the pinned ``ai`` packages declare
+``node >= 22`` and the machines ship node 20.
 """
 
 from __future__ import annotations
@@ -16,24 +18,23 @@ import asyncio
 import concurrent.futures
 import itertools
 import json
-import shutil
 import subprocess
 import threading
 from pathlib import Path
 from typing import Any
 
 JS_DIR = Path(__file__).resolve().parent / "js"
+NODE = JS_DIR / "node_modules" / ".bin" / "node"
 
 
 class NodeDriver:
     """A running ``driver.mjs``; ``await call(op, **args)`` returns the op's result."""
 
     def __init__(self) -> None:
-        node = shutil.which("node")
-        if node is None or not (JS_DIR / "node_modules" / "ai").is_dir():
-            raise RuntimeError("node or tests/js/node_modules is missing: run `make deps-js`")
+        if not NODE.exists() or not (JS_DIR / "node_modules" / "ai").is_dir():
+            raise RuntimeError("tests/js/node_modules is missing: run `make deps-js`")
         self._proc = subprocess.Popen(  # noqa: S603  # a fixed argv: node and our script
-            [node, str(JS_DIR / "driver.mjs")],
+            [str(NODE), str(JS_DIR / "driver.mjs")],
             cwd=JS_DIR,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
