@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint bench clean deps-redis deps-js deps-browser
+.PHONY: dev test lint bench bundle clean deps-redis deps-js deps-browser deps-vercel
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 12), "Python 3.12 is required (Vercel runtime)"'
@@ -39,15 +39,29 @@ $(JS_STAMP): $(JS)/package.json $(JS)/package-lock.json
 
 deps-js: $(JS_STAMP)
 
+# Vercel's real CLI, pinned in tools/vercel, for the build test and `make bundle`.
+VC := tools/vercel
+VC_STAMP := $(VC)/node_modules/.installed
+
+$(VC_STAMP): $(VC)/package.json $(VC)/package-lock.json
+	cd $(VC) && npm ci --no-audit --no-fund
+	touch $@
+
+deps-vercel: $(VC_STAMP)
+
 deps-browser:
 	@test -x /usr/bin/chromium || { apt-get update && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
 
-test: $(STAMP) deps-redis deps-js deps-browser lint
+test: $(STAMP) deps-redis deps-js deps-browser deps-vercel lint
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
+# Build the working tree with the real `vercel build` (offline) and print the function bundle.
+bundle: $(STAMP) deps-vercel
+	$(BIN)/python -m dev.vercel_cli
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules $(JS)/node_modules
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules $(JS)/node_modules $(VC)/node_modules

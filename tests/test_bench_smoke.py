@@ -6,6 +6,7 @@ end to end, streams complete without errors, and the report and targets can be b
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from bench.run import Scale, report, run_suite
@@ -41,7 +42,11 @@ async def test_bench_runs_end_to_end(tmp_path: Path) -> None:
     for name in ("direct", "passthrough", "function chat", "function prompt->completion"):
         assert w2[name]["errors"] == 0, name
         assert w2[name]["events_per_s"]["median"] > 0
-    assert w2["function chat"]["cpu_s_per_100k"]["median"] > 0
+    # A well-formed figure, not a positive one: where /proc has no schedstat, CPU time comes in
+    # 10 ms ticks and a toy run can honestly read zero (the figure is a clock's, not ours).
+    cpu = w2["function chat"]["cpu_s_per_100k"]["median"]
+    assert math.isfinite(cpu)
+    assert cpu >= 0
     assert w2["function chat"]["client_events_per_stream"] >= TINY.w2_tokens
     assert "function chat cpu_vs_passthrough" in w2["ratios"]
 

@@ -125,18 +125,25 @@ def ipc_runtime(
     entrypoint: str = "api/generate.py",
     env: Mapping[str, str] | None = None,
     timeout: float = START_TIMEOUT,
+    command: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Iterator[IpcRuntime]:
-    """Start `entrypoint` under the real runtime in IPC mode; stop it and its socket on exit."""
+    """Start `entrypoint` under the real runtime in IPC mode; stop it and its socket on exit.
+
+    `command` and `environ` replace the boot command and the whole environment: a built bundle
+    is started by its own `vc__handler__python` with the environment its `.vc-config.json` names.
+    """
     with tempfile.TemporaryDirectory(prefix="vc-ipc-") as tmp:
         path = os.path.join(tmp, "ipc.sock")
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         server.bind(path)
         server.listen(1)
         server.settimeout(timeout)
+        base = handler_environ(root, entrypoint, env) if environ is None else dict(environ)
         process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
-            [sys.executable, "-c", RUNTIME_BOOT],
+            list(command or [sys.executable, "-c", RUNTIME_BOOT]),
             cwd=root,
-            env={**handler_environ(root, entrypoint, env), "VERCEL_IPC_PATH": path},
+            env={**base, "VERCEL_IPC_PATH": path},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,177 @@
+"""Vercel's real CLI (pinned in ``tools/vercel``), run offline: ``vercel build`` and its bundle.
+
+``vercel build`` needs no Vercel API: a hand-written ``.vercel/project.json`` links the project,
+``uv`` (the version ``@vercel/python`` pins) and Python 3.12 as ``python3`` come first on PATH,
+and the build runs in a copy, because a successful build writes a generated ``pyproject.toml``
+and ``uv.lock`` into the tree it builds. ``tests/test_vercel_build.py`` drives this module;
+``python -m dev.vercel_cli`` builds the working tree the same way and prints what the function
+bundle holds and weighs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOLS = ROOT / "tools" / "vercel"
+VERCEL = TOOLS / "node_modules" / ".bin" / "vercel"
+BUILDER = TOOLS / "node_modules" / "@vercel" / "python"
+FUNCTION = "api/generate"
+PROJECT_JSON = {"projectId": "prj_local", "orgId": "team_local", "settings": {"framework": None}}
+BUILD_TIMEOUT = 240.0
+
+
+def require_cli() -> Path:
+    """The pinned CLI, or a loud error naming the command that installs it."""
+    if not VERCEL.exists():
+        raise RuntimeError(f"{VERCEL} is missing: run `make deps-vercel`")
+    return VERCEL
+
+
+def clone_files(root: Path = ROOT) -> list[str]:
+    """The files a fresh clone of ``root`` has: tracked plus new files git would not ignore."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],  # noqa: S607
+        cwd=root,
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    return sorted(name for name in out.split("\0") if name and (root / name).is_file())
+
+
+def copy_files(root: Path, names: Iterable[str], dest: Path) -> Path:
+    """Copy ``names`` (paths relative to ``root``) into ``dest``; return ``dest``."""
+    for name in names:
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / name, target)
+    return dest
+
+
+def link_project(tree: Path) -> None:
+    """What ``vercel link`` would write, without an account: the build reads only this."""
+    (tree / ".vercel").mkdir(exist_ok=True)
+    (tree / ".vercel" / "project.json").write_text(json.dumps(PROJECT_JSON))
+
+
+def cli_environ(tools_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment the CLI runs in: Python 3.12 as ``python3`` and the pinned ``uv`` first on
+    PATH (the builder looks for both there), telemetry off, no inherited Vercel or OpenAI state."""
+    tools_dir.mkdir(parents=True, exist_ok=True)
+    links = {
+        "python3": Path(getattr(sys, "_base_executable", sys.executable)),
+        "uv": Path(sys.executable).parent / "uv",
+    }
+    for name, target in links.items():
+        if not target.exists():
+            raise RuntimeError(f"{target} is missing: run `make test` (it installs {name})")
+        link = tools_dir / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VERCEL", "OPENAI_"))}
+    env["PATH"] = f"{tools_dir}{os.pathsep}{env.get('PATH', '')}"
+    env["VERCEL_TELEMETRY_DISABLED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+@dataclass(frozen=True)
+class Build:
+    """One finished ``vercel build``: the tree it ran in, its ``.vercel/output``, its log."""
+
+    tree: Path
+    log: str
+
+    @property
+    def output(self) -> Path:
+        return self.tree / ".vercel" / "output"
+
+    @property
+    def function_dir(self) -> Path:
+        return self.output / "functions" / f"{FUNCTION}.func"
+
+    def vc_config(self) -> dict[str, object]:
+        config: dict[str, object] = json.loads((self.function_dir / ".vc-config.json").read_text())
+        return config
+
+    def bundle(self) -> dict[str, Path]:
+        """Every file of the function: path in the bundle -> file on disk. A local build lists
+        most of them in ``filePathMap`` (paths in the tree) instead of copying them."""
+        files = {
+            str(p.relative_to(self.function_dir)): p
+            for p in self.function_dir.rglob("*")
+            if p.is_file() and p.name != ".vc-config.json"
+        }
+        file_map = self.vc_config().get("filePathMap") or {}
+        assert isinstance(file_map, dict)
+        files.update({str(k): self.tree / str(v) for k, v in file_map.items()})
+        return files
+
+
+def build(tree: Path, tools_dir: Path | None = None) -> Build:
+    """Run the real ``vercel build --yes`` in ``tree`` (linked first); raise with its log."""
+    link_project(tree)
+    env = cli_environ(tools_dir or tree.parent / f"{tree.name}-bin")
+    proc = subprocess.run(  # noqa: S603  # the pinned CLI, fixed arguments
+        [str(require_cli()), "build", "--yes"],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        check=False,
+    )
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise RuntimeError(f"vercel build failed ({proc.returncode}):\n{log}")
+    return Build(tree, log)
+
+
+def materialize(built: Build, dest: Path) -> Path:
+    """Lay the function out as the platform unpacks it: each bundle file at its bundle path."""
+    for name, source in built.bundle().items():
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    return dest
+
+
+def runtime_pin() -> str:
+    """The ``vercel-runtime`` version the pinned ``@vercel/python`` installs into every bundle."""
+    source = (BUILDER / "dist" / "index.js").read_text()
+    marker = 'VERCEL_RUNTIME_VERSION = "'
+    start = source.index(marker) + len(marker)
+    return source[start : source.index('"', start)]
+
+
+def summarize(built: Build) -> str:
+    """What the bundle holds, by top-level entry (``_vendor`` per package), and its weight."""
+    sizes: dict[str, int] = {}
+    for name, path in built.bundle().items():
+        parts = name.split("/")
+        key = "/".join(parts[:2]) if parts[0] == "_vendor" and len(parts) > 1 else parts[0]
+        sizes[key] = sizes.get(key, 0) + path.stat().st_size
+    total = sum(sizes.values())
+    lines = [f"{FUNCTION}.func: {len(built.bundle())} files, {total / 2**20:.1f} MiB"]
+    for key, size in sorted(sizes.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {size / 2**10:9.0f} KiB  {key}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Build a copy of the working tree, as a fresh clone would be built, and report the bundle."""
+    with tempfile.TemporaryDirectory(prefix="vercel-build-") as tmp:
+        tree = copy_files(ROOT, clone_files(), Path(tmp) / "tree")
+        print(summarize(build(tree)))
+
+
+if __name__ == "__main__":
+    main()
