@@ -43,8 +43,11 @@ deps-js: $(JS_STAMP)
 VC := tools/vercel
 VC_STAMP := $(VC)/node_modules/.installed
 
+# `npm install`, not `npm ci`: the lock cannot list the CLI's native packages for other platforms
+# (the registry here lacks them) and `npm ci` refuses it for that; install still takes every
+# version from the lock and leaves it unchanged.
 $(VC_STAMP): $(VC)/package.json $(VC)/package-lock.json
-	cd $(VC) && npm ci --no-audit --no-fund
+	cd $(VC) && npm install --no-audit --no-fund
 	touch $@
 
 deps-vercel: $(VC_STAMP)

@@ -48,7 +48,9 @@ class VercelApi:
             return web.json_response({"teams": [TEAM], "pagination": {"count": 1}})
         if path.startswith("/teams/"):
             return web.json_response(TEAM)
-        if path.endswith("/env") or "/env/" in path:
+        if path.startswith("/v3/env/pull/"):
+            return web.json_response({"env": self.env})
+        if path.endswith("/env"):
             return web.json_response({"envs": self._envs()})
         if path.startswith(("/v9/projects/", "/v10/projects/")):
             return web.json_response(self._project())
