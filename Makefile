@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint bench bundle clean deps-redis deps-js deps-browser deps-vercel
+.PHONY: dev vercel-dev test lint bench bundle clean deps-redis deps-js deps-browser deps-vercel
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 12), "Python 3.12 is required (Vercel runtime)"'
@@ -16,6 +16,11 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 dev: $(STAMP)
 	$(BIN)/python -m dev.serve $(ARGS)
+
+# `vercel dev` with the real CLI (needs `vercel login` and `vercel link` once; buffers responses):
+# runs it with vercel.dev.json, derived from vercel.json on every start (docs/platform.md).
+vercel-dev: $(STAMP) deps-vercel
+	$(BIN)/python -m dev.vercel_cli dev $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -64,7 +69,7 @@ bench: $(STAMP)
 
 # Build the working tree with the real `vercel build` (offline) and print the function bundle.
 bundle: $(STAMP) deps-vercel
-	$(BIN)/python -m dev.vercel_cli
+	$(BIN)/python -m dev.vercel_cli bundle
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules $(JS)/node_modules $(VC)/node_modules

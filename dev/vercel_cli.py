@@ -4,12 +4,20 @@
 ``uv`` (the version ``@vercel/python`` pins) and Python 3.12 as ``python3`` come first on PATH,
 and the build runs in a copy, because a successful build writes a generated ``pyproject.toml``
 and ``uv.lock`` into the tree it builds. ``tests/test_vercel_build.py`` drives this module;
-``python -m dev.vercel_cli`` builds the working tree the same way and prints what the function
-bundle holds and weighs.
+``python -m dev.vercel_cli bundle`` builds the working tree the same way and prints what the
+function bundle holds and weighs.
+
+``python -m dev.vercel_cli dev [ARGS]`` (``make vercel-dev``) runs ``vercel dev`` on the project:
+the CLI 64 / ``@vercel/python`` 25 pair fails every request to a Python function whose
+``vercel.json`` entry sets ``maxDuration`` or ``memory`` (vercel/vercel#17620), so it derives
+``vercel.dev.json`` from ``vercel.json`` without those two keys, anew on every start, and passes
+it with ``--local-config``. The deployed ``vercel.json`` keeps its ``maxDuration``.
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
 import json
 import os
 import shutil
@@ -27,6 +35,9 @@ BUILDER = TOOLS / "node_modules" / "@vercel" / "python"
 FUNCTION = "api/generate"
 PROJECT_JSON = {"projectId": "prj_local", "orgId": "team_local", "settings": {"framework": None}}
 BUILD_TIMEOUT = 240.0
+DEV_CONFIG = "vercel.dev.json"
+# Function keys `vercel dev` rejects in a Python builder's output (vercel/vercel#17620).
+DEV_UNSUPPORTED = ("maxDuration", "memory")
 
 
 def require_cli() -> Path:
@@ -60,6 +71,32 @@ def link_project(tree: Path) -> None:
     """What ``vercel link`` would write, without an account: the build reads only this."""
     (tree / ".vercel").mkdir(exist_ok=True)
     (tree / ".vercel" / "project.json").write_text(json.dumps(PROJECT_JSON))
+
+
+def dev_config(config: Mapping[str, object]) -> dict[str, object]:
+    """``vercel.json`` as ``vercel dev`` can run it: every function without ``DEV_UNSUPPORTED``."""
+    derived = copy.deepcopy(dict(config))
+    functions = derived.get("functions")
+    if isinstance(functions, dict):
+        for settings in functions.values():
+            if isinstance(settings, dict):
+                for key in DEV_UNSUPPORTED:
+                    settings.pop(key, None)
+    return derived
+
+
+def write_dev_config(tree: Path) -> Path:
+    """Derive ``vercel.dev.json`` from the tree's ``vercel.json`` (git ignores the copy)."""
+    config = json.loads((tree / "vercel.json").read_text())
+    target = tree / DEV_CONFIG
+    target.write_text(json.dumps(dev_config(config), indent=2) + "\n")
+    return target
+
+
+def dev_command(tree: Path, args: Iterable[str] = ()) -> list[str]:
+    """``vercel dev`` on ``tree`` with the derived config (written first)."""
+    config = write_dev_config(tree)
+    return [str(require_cli()), "dev", "--local-config", str(config), *args]
 
 
 def cli_environ(tools_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -119,9 +156,11 @@ class Build:
 def build(tree: Path, tools_dir: Path | None = None) -> Build:
     """Run the real ``vercel build --yes`` in ``tree`` (linked first); raise with its log."""
     link_project(tree)
-    env = cli_environ(tools_dir or tree.parent / f"{tree.name}-bin")
+    tools = tools_dir or tree.parent / f"{tree.name}-bin"
+    env = cli_environ(tools)
+    # --global-config: the CLI's own state (telemetry ids, auth) stays out of the user's home.
     proc = subprocess.run(  # noqa: S603  # the pinned CLI, fixed arguments
-        [str(require_cli()), "build", "--yes"],
+        [str(require_cli()), "build", "--yes", "--global-config", str(tools / "home")],
         cwd=tree,
         env=env,
         capture_output=True,
@@ -166,8 +205,17 @@ def summarize(built: Build) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    """Build a copy of the working tree, as a fresh clone would be built, and report the bundle."""
+def main(argv: list[str] | None = None) -> None:
+    """``bundle``: build a copy of the working tree as a fresh clone would be built, and list the
+    function bundle. ``dev``: run ``vercel dev`` on the project with the derived config."""
+    parser = argparse.ArgumentParser(prog="python -m dev.vercel_cli")
+    parser.add_argument("command", choices=("bundle", "dev"))
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="passed on to `vercel dev`")
+    options = parser.parse_args(argv)
+    if options.command == "dev":
+        command = dev_command(ROOT, options.args)
+        env = cli_environ(ROOT / ".vercel" / "bin")
+        os.execve(command[0], command, env)  # noqa: S606  # the pinned CLI replaces us
     with tempfile.TemporaryDirectory(prefix="vercel-build-") as tmp:
         tree = copy_files(ROOT, clone_files(), Path(tmp) / "tree")
         print(summarize(build(tree)))
