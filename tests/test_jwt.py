@@ -33,7 +33,9 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from lib.auth import mint_jwt
 from lib.config import PROJECT_ROOT, SettingsError, load_settings
-from lib.jwtauth import JWTVerifier, TokenRefused, parse_jwks
+from lib.errors import UpstreamError
+from lib.jwtauth import MAX_JWKS_BYTES, JWTVerifier, TokenRefused, parse_jwks
+from lib.upstream import UpstreamClient
 from tests.conftest import Function, LogTap
 from tests.jsdriver import NodeDriver
 from tests.streams import post
@@ -440,6 +442,35 @@ async def test_a_provider_that_never_answers_costs_at_most_the_jwks_timeout(
     statuses = await asyncio.gather(call(http, fn.url, token), call(http, fn.url, token))
     assert statuses == [503, 503]
     assert server.hits == 1
+
+
+async def test_the_jwks_fetch_is_bounded_follows_no_redirect_and_names_the_failure(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    async def big(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b"x" * (MAX_JWKS_BYTES + 1))
+
+    async def moved(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/big")
+
+    app = web.Application()
+    app.router.add_get("/big", big)
+    app.router.add_get("/moved", moved)
+    server = await aiohttp_server(app)
+    client = UpstreamClient(load_settings({}))
+    try:
+        with pytest.raises(UpstreamError, match="more than"):
+            await client.fetch(str(server.make_url("/big")), within=5, max_bytes=MAX_JWKS_BYTES)
+        with pytest.raises(UpstreamError, match="answered 302"):
+            await client.fetch(str(server.make_url("/moved")), within=5, max_bytes=MAX_JWKS_BYTES)
+        body = await client.fetch(str(server.make_url("/big")), within=5, max_bytes=10**6)
+        assert len(body) == MAX_JWKS_BYTES + 1
+        port = server.port
+        await server.close()
+        with pytest.raises(UpstreamError, match="could not be fetched"):
+            await client.fetch(f"http://127.0.0.1:{port}/big", within=5, max_bytes=10)
+    finally:
+        await client.close()
 
 
 async def test_the_jwks_parser_keeps_only_asymmetric_signing_keys(
