@@ -133,7 +133,7 @@ def parse_jwks(body: bytes) -> dict[str | None, jwt.PyJWK]:
     for entry in entries[:MAX_KEYS]:
         if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
             continue
-        if entry.get("kty") == "oct" or entry.get("alg", "RS256") not in ASYMMETRIC:
+        if entry.get("kty") == "oct":
             continue
         try:
             key = jwt.PyJWK(entry)

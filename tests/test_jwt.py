@@ -439,8 +439,10 @@ async def test_a_provider_that_never_answers_costs_at_most_the_jwks_timeout(
     fn = await make_jwt_function(AUTH_JWKS_TIMEOUT="0.2")
     token = signers["RS256"].mint(claims())
     # Two requests at once share the one fetch, and both get the 503 when it times out.
+    started = time.monotonic()
     statuses = await asyncio.gather(call(http, fn.url, token), call(http, fn.url, token))
     assert statuses == [503, 503]
+    assert time.monotonic() - started < 3  # 0.2 s, with room for a slow machine; never 5 s
     assert server.hits == 1
 
 
