@@ -34,6 +34,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from lib.auth import mint_jwt
 from lib.config import PROJECT_ROOT, SettingsError, load_settings
 from lib.errors import UpstreamError
+from lib.handler import GenerateHandler
 from lib.jwtauth import MAX_JWKS_BYTES, JWTVerifier, TokenRefused, parse_jwks
 from lib.upstream import UpstreamClient
 from tests.conftest import Function, LogTap
@@ -717,3 +718,23 @@ def test_the_mint_helper_prints_a_jwt_when_the_jwt_secret_is_set() -> None:
         "exp": NOW + 60,
         "origin": "https://site.example",
     }
+
+
+def test_jwt_auth_counts_as_protection_and_the_v1_secret_warns_once(logs: LogTap) -> None:
+    GenerateHandler(load_settings({"OPENAI_API_KEY": "sk-x", "AUTH_JWT_SECRET": SECRET}))
+    GenerateHandler(
+        load_settings(
+            {
+                "OPENAI_API_KEY": "sk-x",
+                "AUTH_JWKS_URL": "https://x.example/j",
+                "AUTH_JWT_ISSUER": ISSUER,
+            }
+        )
+    )
+    assert not any("UNPROTECTED" in line for line in logs.lines)
+    assert not any("deprecated" in line for line in logs.lines)
+    GenerateHandler(load_settings({"OPENAI_API_KEY": "sk-x", "AUTH_SIGNING_SECRET": SECRET}))
+    warnings = [line for line in logs.lines if "deprecated" in line]
+    assert len(warnings) == 1
+    assert "AUTH_JWT_SECRET" in warnings[0]
+    assert SECRET not in warnings[0]
