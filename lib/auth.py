@@ -1,17 +1,20 @@
-"""Caller authentication: static bearer tokens, and short-lived tokens a site signs itself.
+"""Caller authentication: static bearer tokens, standard JWTs, and the deprecated v1 tokens.
 
-Both arrive as ``Authorization: Bearer <token>`` (RFC 6750). Static tokens (``AUTH_TOKENS``)
-suit a site's own server calling the function; signed tokens (``AUTH_SIGNING_SECRET``) suit
-browsers: the site's server mints one per page view with :func:`mint_token`, bound to an expiry
-and optionally to the page's origin and to the site's user id, and the browser sends it.
+All arrive as ``Authorization: Bearer <token>`` (RFC 6750). Static tokens (``AUTH_TOKENS``) suit
+a site's own server calling the function. JWTs (``AUTH_JWT_SECRET``, ``AUTH_JWKS_URL``) suit
+browsers: minted by the site's server with any JWT library, or the auth provider's own token;
+they are checked in ``lib/jwtauth.py``, imported only when configured (PyJWT and cryptography
+cost import time).
 
-A signed token is ``v1.<payload>.<signature>``: ``payload`` is base64url (no padding) of compact
-JSON ``{"exp": <unix seconds>, "o": <origin>, "c": <client id>}`` (``o`` and ``c`` optional),
-and ``signature`` is base64url of HMAC-SHA256(secret, ``"v1." + payload``). Every comparison of
-secret material is constant-time (``hmac.compare_digest``). The clock is injectable, as in
-itsdangerous, so expiry is tested without sleeping.
+Deprecated (docs/protection.md has the migration): the project's own ``v1.<payload>.<signature>``
+format (``AUTH_SIGNING_SECRET``), where ``payload`` is base64url (no padding) of compact JSON
+``{"exp": <unix seconds>, "o": <origin>, "c": <client id>}`` (``o`` and ``c`` optional), and
+``signature`` is base64url of HMAC-SHA256(secret, ``"v1." + payload``). It is still accepted,
+within ``AUTH_MAX_TOKEN_LIFETIME``. Every comparison of secret material is constant-time
+(``hmac.compare_digest``). Clocks are injectable, as in itsdangerous, so expiry is tested without
+sleeping.
 
-Mint one from a shell (reads ``AUTH_SIGNING_SECRET``)::
+Mint an HS256 JWT (``AUTH_JWT_SECRET``; else a v1 token from ``AUTH_SIGNING_SECRET``)::
 
     python -m lib.auth mint --ttl 600 --origin https://example.com --client user-42
 """
@@ -28,11 +31,16 @@ import sys
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from lib.config import DEFAULT_MAX_TOKEN_LIFETIME, Protection
 from lib.errors import AuthenticationError
 
+if TYPE_CHECKING:
+    from lib.jwtauth import Fetch, JWTVerifier
+
 VERSION = "v1"
-MAX_TOKEN_CHARS = 4096
+MAX_TOKEN_CHARS = 8192  # provider JWTs with many claims run to a few kilobytes
 MAX_CLIENT_ID_CHARS = 128
 CHALLENGE = 'Bearer realm="generate"'
 
@@ -100,18 +108,22 @@ class Authenticator:
         tokens: Collection[str],
         signing_secret: str | None,
         *,
+        max_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME,
+        jwt: JWTVerifier | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         # Compare fixed-length digests, so neither the tokens' lengths nor their count leak.
         self._digests = [hashlib.sha256(t.encode("utf-8")).digest() for t in tokens]
         self._secret = signing_secret
-        self._clock = clock
+        self._max_lifetime = max_lifetime
+        self.jwt = jwt
+        self.clock = clock
 
     @property
     def enabled(self) -> bool:
-        return bool(self._digests or self._secret)
+        return bool(self._digests or self._secret or self.jwt)
 
-    def authenticate(self, authorization: str | None, origin: str | None) -> Caller:
+    async def authenticate(self, authorization: str | None, origin: str | None) -> Caller:
         """The caller, or AuthenticationError (401) saying what is wrong with the token."""
         if not self.enabled:
             return Caller(client_id=None)
@@ -133,6 +145,13 @@ class Authenticator:
             return Caller(client_id="token:" + digest.hex()[:16])
         if self._secret is not None and token.startswith(VERSION + "."):
             return self._verify_signed(token, origin)
+        if self.jwt is not None and token.count(".") == 2:
+            from lib.jwtauth import TokenRefused  # loaded already: self.jwt comes from it
+
+            try:
+                return Caller(client_id=await self.jwt.verify(token, origin))
+            except TokenRefused as refused:
+                raise _invalid(str(refused)) from None
         raise _invalid("The token is not valid.")
 
     def _verify_signed(self, token: str, origin: str | None) -> Caller:
@@ -148,8 +167,14 @@ class Authenticator:
         expires = claims.get("exp") if isinstance(claims, dict) else None
         if isinstance(expires, bool) or not isinstance(expires, int):
             raise _invalid("The token is not valid.")
-        if self._clock() >= expires:
+        now = self.clock()
+        if now >= expires:
             raise _invalid("The token has expired; get a new one from the site.")
+        if expires - now > self._max_lifetime:
+            raise _invalid(
+                "The token is valid for longer than this function accepts "
+                f"({self._max_lifetime} s, AUTH_MAX_TOKEN_LIFETIME)."
+            )
         bound_origin = claims.get("o")
         if bound_origin is not None and (origin is None or origin.rstrip("/") != bound_origin):
             raise _invalid("The token is not valid for this page's origin.")
@@ -159,22 +184,68 @@ class Authenticator:
         return Caller(client_id=None if client is None else "user:" + client)
 
 
+def build_authenticator(protection: Protection, fetch: Fetch | None) -> Authenticator:
+    """The authenticator the settings ask for; PyJWT is imported only if JWTs are configured.
+
+    ``fetch`` GETs the provider's JWKS through the function's one HTTP session.
+    """
+    verifier = None
+    if protection.jwt is not None:
+        from lib.jwtauth import JWTVerifier  # deliberately lazy: cold start
+
+        verifier = JWTVerifier(protection.jwt, fetch)
+    return Authenticator(
+        protection.auth_tokens,
+        protection.auth_signing_secret,
+        max_lifetime=protection.auth_max_token_lifetime,
+        jwt=verifier,
+    )
+
+
+def mint_jwt(
+    secret: str,
+    *,
+    ttl: float = 600,
+    origin: str | None = None,
+    client_id: str,
+    clock: Callable[[], float] = time.time,
+) -> str:
+    """An HS256 JWT for ``AUTH_JWT_SECRET``, as a site's server would mint it with PyJWT."""
+    import jwt  # the command line pays for it, not the function
+
+    now = int(clock())
+    claims: dict[str, object] = {"sub": client_id, "iat": now, "exp": now + int(ttl)}
+    if origin is not None:
+        claims["origin"] = origin.rstrip("/")
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse  # only the command line needs it; the function's cold start does not
 
     parser = argparse.ArgumentParser(prog="python -m lib.auth", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    mint = commands.add_parser("mint", help="print a signed token (AUTH_SIGNING_SECRET)")
+    mint = commands.add_parser(
+        "mint", help="print a token (HS256 JWT with AUTH_JWT_SECRET, else v1)"
+    )
     mint.add_argument("--ttl", type=float, default=600, help="seconds it stays valid")
     mint.add_argument("--origin", help="the only page origin it is valid from")
     mint.add_argument("--client", help="the client id its limits and budget count against")
     args = parser.parse_args(argv)
+    jwt_secret = os.environ.get("AUTH_JWT_SECRET", "").strip()
     secret = os.environ.get("AUTH_SIGNING_SECRET", "").strip()
-    if not secret:
-        print("Set AUTH_SIGNING_SECRET to the function's signing secret.", file=sys.stderr)
+    if not jwt_secret and not secret:
+        print("Set AUTH_JWT_SECRET to the function's JWT secret.", file=sys.stderr)
         return 2
     try:
-        print(mint_token(secret, ttl=args.ttl, origin=args.origin, client_id=args.client))
+        if jwt_secret:
+            if not args.client:
+                print("error: a JWT needs --client (its sub claim)", file=sys.stderr)
+                return 2
+            print(mint_jwt(jwt_secret, ttl=args.ttl, origin=args.origin, client_id=args.client))
+        else:
+            print("warning: v1 tokens are deprecated; set AUTH_JWT_SECRET", file=sys.stderr)
+            print(mint_token(secret, ttl=args.ttl, origin=args.origin, client_id=args.client))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

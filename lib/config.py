@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from lib.retry import RetryPolicy, Target
 
@@ -249,6 +250,7 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
 # --- protection (issue 6): auth, rate limits, budgets; see docs/protection.md ------------------
 
 MIN_SECRET_CHARS = 32
+DEFAULT_MAX_TOKEN_LIFETIME = 86_400  # Auth0's default access-token lifetime, the longest common
 MIN_TOKEN_CHARS = 16
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 _RATE = re.compile(r"([0-9]{1,12})\s*/\s*([0-9]{0,9})\s*(s|sec|second|m|min|minute|h|hour|d|day)s?")
@@ -275,10 +277,29 @@ class Protection:
     redis_url: str | None = None
     store_timeout: float = 0.5
     trust_proxy_header: str | None = None
+    auth_max_token_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME
+    jwt: JWTSettings | None = None
 
     @property
     def auth_required(self) -> bool:
-        return bool(self.auth_tokens or self.auth_signing_secret)
+        return bool(self.auth_tokens or self.auth_signing_secret or self.jwt)
+
+
+@dataclass(frozen=True, slots=True)
+class JWTSettings:
+    """Standard JWTs (docs/protection.md): HS256 with a shared secret, provider keys from a
+    JWKS, or both. ``None`` in ``Protection.jwt`` when neither is set, and then PyJWT is never
+    imported."""
+
+    secret: str | None = None
+    jwks_url: str | None = None
+    issuer: str | None = None
+    audience: tuple[str, ...] = ()
+    client_claim: str = "sub"
+    origin_claim: str = "origin"
+    max_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME
+    jwks_cache_seconds: float = 600.0
+    jwks_timeout: float = 5.0
 
 
 def parse_rate(name: str, raw: str) -> Rate | None:
@@ -301,6 +322,78 @@ def _optional_count(env: Mapping[str, str], name: str) -> int | None:
     return _number(env, name, 0, int, 0, 1_000_000) or None
 
 
+def _secret(env: Mapping[str, str], name: str) -> str | None:
+    secret = env.get(name, "").strip() or None
+    if secret is not None and len(secret) < MIN_SECRET_CHARS:
+        # The value is a secret: name its length, never the value.
+        raise SettingsError(
+            f"{name} has {len(secret)} characters; use at least {MIN_SECRET_CHARS} "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return secret
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_CLAIM = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+
+
+def _jwks_url(env: Mapping[str, str]) -> str | None:
+    """AUTH_JWKS_URL: https, or plain http to a loopback address (local development, tests)."""
+    url = env.get("AUTH_JWKS_URL", "").strip() or None
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018  # raises ValueError on a bad port
+    except ValueError:
+        raise SettingsError(f"AUTH_JWKS_URL={url!r} is not a URL") from None
+    loopback = host in _LOOPBACK_NAMES or host.startswith("127.")
+    allowed = parts.scheme == "https" or (parts.scheme == "http" and loopback)
+    if not host or not allowed:
+        raise SettingsError(
+            f"AUTH_JWKS_URL={url!r} must be an https:// URL (plain http only to 127.0.0.1, ::1 "
+            "or localhost)"
+        )
+    return url
+
+
+def _claim_name(env: Mapping[str, str], name: str, default: str) -> str:
+    claim = _text(env, name, default)
+    if not _CLAIM.fullmatch(claim):
+        raise SettingsError(f"{name}={claim!r} is not a claim name")
+    return claim
+
+
+def _load_jwt(env: Mapping[str, str], max_lifetime: int) -> JWTSettings | None:
+    secret = _secret(env, "AUTH_JWT_SECRET")
+    jwks_url = _jwks_url(env)
+    issuer = env.get("AUTH_JWT_ISSUER", "").strip() or None
+    audience = tuple(sorted(_csv(env, "AUTH_JWT_AUDIENCE")))
+    if secret is None and jwks_url is None:
+        for name in ("AUTH_JWT_ISSUER", "AUTH_JWT_AUDIENCE"):
+            if env.get(name, "").strip():
+                raise SettingsError(
+                    f"{name} is set but neither AUTH_JWT_SECRET nor AUTH_JWKS_URL is"
+                )
+        return None
+    if jwks_url is not None and issuer is None:
+        # Some key sets sign for many tenants (Firebase's is shared by every project): without
+        # an issuer, any of them could call. docs/protection.md has each provider's issuer.
+        raise SettingsError("AUTH_JWKS_URL needs AUTH_JWT_ISSUER (the provider's issuer URL)")
+    return JWTSettings(
+        secret=secret,
+        jwks_url=jwks_url,
+        issuer=issuer,
+        audience=audience,
+        client_claim=_claim_name(env, "AUTH_JWT_CLIENT_CLAIM", "sub"),
+        origin_claim=_claim_name(env, "AUTH_JWT_ORIGIN_CLAIM", "origin"),
+        max_lifetime=max_lifetime,
+        jwks_cache_seconds=_number(env, "AUTH_JWKS_CACHE_SECONDS", 600.0, float, 60.0, 86_400.0),
+        jwks_timeout=_number(env, "AUTH_JWKS_TIMEOUT", 5.0, float, 0.05, 60.0),
+    )
+
+
 def load_protection(env: Mapping[str, str]) -> Protection:
     tokens = _csv(env, "AUTH_TOKENS")
     for token in tokens:
@@ -309,13 +402,10 @@ def load_protection(env: Mapping[str, str]) -> Protection:
                 f"AUTH_TOKENS holds a token of {len(token)} characters; each must be at least "
                 f"{MIN_TOKEN_CHARS} printable characters without spaces"
             )
-    secret = env.get("AUTH_SIGNING_SECRET", "").strip() or None
-    if secret is not None and len(secret) < MIN_SECRET_CHARS:
-        # The value is a secret: name its length, never the value.
-        raise SettingsError(
-            f"AUTH_SIGNING_SECRET has {len(secret)} characters; use at least {MIN_SECRET_CHARS} "
-            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
-        )
+    secret = _secret(env, "AUTH_SIGNING_SECRET")
+    max_lifetime = _number(
+        env, "AUTH_MAX_TOKEN_LIFETIME", DEFAULT_MAX_TOKEN_LIFETIME, int, 60, 30 * 86_400
+    )
     redis_url = env.get("REDIS_URL", "").strip() or None
     if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
@@ -335,4 +425,6 @@ def load_protection(env: Mapping[str, str]) -> Protection:
         redis_url=redis_url,
         store_timeout=_number(env, "STORE_TIMEOUT", 0.5, float, 0.01, 10.0),
         trust_proxy_header=None if proxy == "none" else proxy,
+        auth_max_token_lifetime=max_lifetime,
+        jwt=_load_jwt(env, max_lifetime),
     )

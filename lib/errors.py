@@ -27,6 +27,7 @@ becomes the in-band error of the caller's format (see ``lib/formats.py``)::
     ├── DeadlineExceeded              504 deadline_exceeded       the function's time is up
     │   └── StreamTooLong             504 stream_duration_exceeded  MAX_STREAM_SECONDS reached
     ├── AuthenticationError           401 authentication_error    no or bad bearer token
+    ├── AuthUnavailable               503 auth_unavailable        no provider keys to check with
     ├── RateLimited                   429 rate_limit_exceeded     a request or stream limit
     │   └── BudgetExhausted           429 insufficient_quota      the token budget is spent
     └── StoreUnavailable              503 store_unavailable       the limit store did not answer
@@ -181,6 +182,14 @@ class AuthenticationError(APIError):
 
     status = 401
     type = "authentication_error"
+
+
+class AuthUnavailable(APIError):
+    """Raised when a provider JWT arrives but the provider's key set (AUTH_JWKS_URL) could not
+    be fetched: the token may well be good, so this is the function's failure, not a 401."""
+
+    status = 503
+    type = "auth_unavailable"
 
 
 class RateLimited(APIError):

@@ -20,7 +20,7 @@ from lib.asgi import (
     check_json_content_type,
     header,
 )
-from lib.auth import Authenticator
+from lib.auth import Authenticator, build_authenticator
 from lib.config import Settings
 from lib.cors import CORSPolicy
 from lib.deadline import invocation_deadline
@@ -58,13 +58,19 @@ class GenerateHandler:
         self.limiter: Limiter | None = None
         if settings is not None:
             p = settings.protection
-            self.auth = Authenticator(p.auth_tokens, p.auth_signing_secret)
+            assert self.client is not None
+            self.auth = build_authenticator(p, self.client.fetch)
             self.limiter = Limiter(p, max_duration=settings.max_duration)
             if not self.auth.enabled and not p.rate_limit:
                 warn(
                     "UNPROTECTED: this function spends your provider key for anyone who finds "
-                    "its URL: neither AUTH_TOKENS/AUTH_SIGNING_SECRET nor RATE_LIMIT is set. "
-                    "See docs/protection.md."
+                    "its URL: none of AUTH_TOKENS, AUTH_JWT_SECRET, AUTH_JWKS_URL or RATE_LIMIT "
+                    "is set. See docs/protection.md."
+                )
+            if p.auth_signing_secret is not None:
+                warn(
+                    "AUTH_SIGNING_SECRET (v1 tokens) is deprecated: mint HS256 JWTs with "
+                    "AUTH_JWT_SECRET instead. See docs/protection.md, Migrating from v1 tokens."
                 )
         if settings_error is not None:
             warn(f"The function is misconfigured: {settings_error}.")
@@ -137,7 +143,9 @@ class GenerateHandler:
         assert self.auth is not None
         assert self.limiter is not None
         scope = exchange.scope
-        caller = self.auth.authenticate(header(scope, b"authorization"), header(scope, b"origin"))
+        caller = await self.auth.authenticate(
+            header(scope, b"authorization"), header(scope, b"origin")
+        )
         query = scope.get("query_string", b"")
         requested_format(query)  # a bad format parameter is a 400 before the body is read
         check_json_content_type(exchange.scope)

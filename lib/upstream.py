@@ -119,6 +119,34 @@ class UpstreamClient:
             await self._session.close()
         self._session = None
 
+    async def fetch(self, url: str, *, within: float, max_bytes: int) -> bytes:
+        """GET a small document (an auth provider's JWKS) through the same session.
+
+        A 200 only, no redirects, at most ``max_bytes``, all within ``within`` seconds; any
+        failure is an ``UpstreamError`` naming the URL and what went wrong, never a header.
+        """
+        session = self._session_for_loop()
+        headers = {
+            "Accept": "application/json",
+            "Accept-Encoding": "identity",
+            "User-Agent": USER_AGENT,
+        }
+        body = bytearray()
+        try:
+            async with asyncio.timeout(within):
+                async with session.get(url, headers=headers, allow_redirects=False) as response:
+                    if response.status != 200:
+                        raise UpstreamError(f"{url} answered {response.status}.")
+                    while chunk := await response.content.read(max_bytes + 1 - len(body)):
+                        body += chunk
+                        if len(body) > max_bytes:
+                            raise UpstreamError(f"{url} sent more than {max_bytes} bytes.")
+        except TimeoutError:
+            raise UpstreamTimeout(f"{url} did not answer within {within:g} s.") from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"{url} could not be fetched ({type(exc).__name__}).") from None
+        return bytes(body)
+
     async def open(self, request: UpstreamRequest, api_key: str) -> UpstreamStream:
         """Send the request; return once the upstream accepted it with an event stream.
 

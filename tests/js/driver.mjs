@@ -13,6 +13,7 @@ import {
   callCompletionApi,
 } from "ai";
 import { EventSourceParserStream } from "eventsource-parser/stream";
+import { SignJWT, importJWK } from "jose";
 import { chromium } from "playwright-core";
 
 const CHROMIUM_FLAGS = [
@@ -87,7 +88,21 @@ let browser = null;
 let page = null;
 
 const ops = {
-  async completion({ api, prompt, streamProtocol }) {
+  /**
+   * Mint a JWT with jose, as a site's Next.js route does (HS256 with the shared `secret`) or as
+   * an auth provider does (a private `jwk`). Claims and header fields pass through as given.
+   */
+  async mint({ alg, secret, jwk, kid, subject, expiresIn = "10m", claims = {}, header = {} }) {
+    const key = secret !== undefined ? new TextEncoder().encode(secret) : await importJWK(jwk, alg);
+    let builder = new SignJWT(claims)
+      .setProtectedHeader({ alg, ...(kid ? { kid } : {}), ...header })
+      .setIssuedAt()
+      .setExpirationTime(expiresIn);
+    if (subject) builder = builder.setSubject(subject);
+    return { token: await builder.sign(key) };
+  },
+
+  async completion({ api, prompt, streamProtocol, headers }) {
     const rec = recordingFetch();
     let error = null;
     let completion = "";
@@ -95,6 +110,7 @@ const ops = {
       api,
       prompt,
       streamProtocol,
+      headers,
       setCompletion: (text) => {
         completion = text;
       },
