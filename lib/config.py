@@ -52,6 +52,7 @@ class Settings:
     max_duration: float | None = None
     deadline_margin: float = 2.0
     keepalive_interval: float = 15.0
+    write_timeout: float = 30.0
     log_prompts: bool = False
     default_format: OutputFormat = "openai"
     allowed_origins: frozenset[str] = frozenset()
@@ -229,6 +230,7 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
         max_duration=vercel_max_duration(root) or (env_duration or None),
         deadline_margin=_number(env, "DEADLINE_MARGIN", 2.0, float, 0.0, 600.0),
         keepalive_interval=_number(env, "KEEPALIVE_INTERVAL", 15.0, float, 0.05, 600.0),
+        write_timeout=_number(env, "CLIENT_WRITE_TIMEOUT", 30.0, float, 0.05, 3600.0),
         log_prompts=_flag(env, "LOG_PROMPTS", False),
         default_format=default_format,
         allowed_origins=_origins(env),
@@ -274,7 +276,10 @@ class Protection:
     token_budget: Rate | None = None
     redis_url: str | None = None
     store_timeout: float = 0.5
+    store_max_connections: int = 20
+    stream_lease_seconds: float = 30.0
     trust_proxy_header: str | None = None
+    ipv6_prefix: int = 56
 
     @property
     def auth_required(self) -> bool:
@@ -334,5 +339,8 @@ def load_protection(env: Mapping[str, str]) -> Protection:
         token_budget=parse_rate("TOKEN_BUDGET", env.get("TOKEN_BUDGET", "")),
         redis_url=redis_url,
         store_timeout=_number(env, "STORE_TIMEOUT", 0.5, float, 0.01, 10.0),
+        store_max_connections=_number(env, "STORE_MAX_CONNECTIONS", 20, int, 1, 10_000),
+        stream_lease_seconds=_number(env, "STREAM_LEASE_SECONDS", 30.0, float, 3.0, 3600.0),
         trust_proxy_header=None if proxy == "none" else proxy,
+        ipv6_prefix=_number(env, "IPV6_PREFIX", 56, int, 16, 128),
     )

@@ -152,17 +152,18 @@ class GenerateHandler:
         log.client = client_key(scope, settings.protection.trust_proxy_header, caller.client_id)
         admission = await self.limiter.admit(log.client, request)
         try:
-            await self._stream(
-                exchange,
-                log,
-                settings,
-                client,
-                api_key,
-                upstream_request,
-                fmt,
-                [id_header, *admission.headers],
-                started,
-            )
+            async with self.limiter.holding(admission):
+                await self._stream(
+                    exchange,
+                    log,
+                    settings,
+                    client,
+                    api_key,
+                    upstream_request,
+                    fmt,
+                    [id_header, *admission.headers],
+                    started,
+                )
         finally:
             # The response starts only once the upstream accepted the request (it may charge).
             log.tokens_charged = await self.limiter.finish(
