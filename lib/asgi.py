@@ -5,6 +5,13 @@ whether the response has started, writes JSON errors, and, once the body is read
 ``receive()`` for ``http.disconnect`` and turns it into cancellation of the request's task, in
 every phase (waiting for upstream headers, before the first token, mid-stream). Nothing else
 calls ``receive()``: polling ``is_disconnected()`` from elsewhere races the server's own loop.
+
+It also bounds every write of a stream (:meth:`Exchange.bound_writes`): the server's ``send()``
+waits while the caller's socket is full, so a caller that stops reading would otherwise hold
+the stream, its upstream connection and its lease forever. One watchdog timer per stream (not
+one per write: most writes never wait) cancels the task when a write has waited longer than the
+stall timeout, or is still waiting at the stream's deadline; the exchange then raises
+:class:`ClientStalled`.
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ Headers = Iterable[tuple[bytes, bytes]]
 
 class ClientDisconnected(Exception):
     """Raised when the caller went away before its body was read."""
+
+
+class ClientStalled(Exception):
+    """Raised when a write to the caller waited too long: it stopped reading."""
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -64,7 +75,13 @@ class Exchange:
         self.status = 0
         self.bytes_sent = 0
         self.disconnected = False
+        self.stalled = False
         self._watcher: asyncio.Task[None] | None = None
+        self._target: asyncio.Task[Any] | None = None
+        self._writing_since: float | None = None
+        self._stall_timeout = 0.0
+        self._write_until: float | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
 
     async def read_body(self, limit: int) -> bytes:
         """The whole body, or ``BodyTooLarge`` the moment it passes ``limit`` (the rest is
@@ -93,6 +110,7 @@ class Exchange:
         """Start watching for ``http.disconnect`` (call after the body has been read)."""
         task = asyncio.current_task()
         assert task is not None
+        self._target = task
         self._watcher = asyncio.create_task(self._watch(task))
         return self
 
@@ -105,11 +123,48 @@ class Exchange:
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.cancel()  # not awaited: it holds nothing but a pending receive()
-        if self.disconnected and exc_type is asyncio.CancelledError:
+        timer, self._write_timer = self._write_timer, None
+        if timer is not None:
+            timer.cancel()
+        if (self.disconnected or self.stalled) and exc_type is asyncio.CancelledError:
             task = asyncio.current_task()
             # Our own cancellation: absorb it. Anyone else's cancellation still propagates.
-            return task is not None and task.uncancel() == 0
+            if task is None or task.uncancel() != 0:
+                return False
+            if self.stalled and not self.disconnected:
+                raise ClientStalled from None
+            return True
         return False
+
+    def bound_writes(self, stall_timeout: float, until: float | None) -> None:
+        """From now on, end the exchange (:class:`ClientStalled`) when a write has waited
+        ``stall_timeout`` seconds, or is waiting at ``until`` (loop time). Call inside
+        ``async with exchange``."""
+        self._stall_timeout, self._write_until = stall_timeout, until
+        self._check_writes()
+
+    def _check_writes(self) -> None:
+        """The watchdog: runs only while the task is suspended, so a write in progress here is
+        one that is waiting for the caller's socket to drain."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        since, until, stall = self._writing_since, self._write_until, self._stall_timeout
+        if since is not None and (now - since >= stall or (until is not None and now >= until)):
+            self.stalled = True
+            if self._target is not None:
+                self._target.cancel()
+            return
+        wake = now + stall / 4 if since is None else min(since + stall, now + stall / 4)
+        if until is not None and now < until:
+            wake = min(wake, until)
+        self._write_timer = loop.call_at(wake, self._check_writes)
+
+    async def _send_body(self, message: Message) -> None:
+        self._writing_since = asyncio.get_running_loop().time()
+        try:
+            await self._send(message)
+        finally:
+            self._writing_since = None
 
     async def _watch(self, target: asyncio.Task[Any]) -> None:
         while True:
@@ -128,11 +183,11 @@ class Exchange:
 
     async def write(self, data: bytes) -> None:
         self.bytes_sent += len(data)
-        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        await self._send_body({"type": "http.response.body", "body": data, "more_body": True})
 
     async def end(self, data: bytes = b"") -> None:
         self.bytes_sent += len(data)
-        await self._send({"type": "http.response.body", "body": data, "more_body": False})
+        await self._send_body({"type": "http.response.body", "body": data, "more_body": False})
 
     async def respond(self, status: int, body: bytes, headers: Headers = ()) -> None:
         """A complete, non-streamed response."""

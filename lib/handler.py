@@ -13,6 +13,7 @@ from typing import Any
 
 from lib.asgi import (
     ClientDisconnected,
+    ClientStalled,
     Exchange,
     Receive,
     Scope,
@@ -98,6 +99,10 @@ class GenerateHandler:
                 await exchange.respond_error(error, [id_header, *self._allow_header(error)])
         except ClientDisconnected:
             pass
+        except ClientStalled:
+            # Nothing more can be written to a caller that stopped reading: drop the connection.
+            log.error_type = "client_stalled"
+            raise BreakConnection from None
         except BreakConnection:
             raise
         except Exception:

@@ -91,6 +91,13 @@ async def relay(
         loops = RepetitionDetector(settings.repetition_window, settings.repetition_max_period)
     outcome = _Outcome(loops)
     template = _ContentTemplate()
+    # Every write is bounded too: a caller that stops reading cannot hold the stream past the
+    # write-stall timeout, the deadline or MAX_STREAM_SECONDS (lib/asgi.Exchange.bound_writes).
+    longest = settings.max_stream_seconds
+    until = None if longest is None else loop.time() + longest
+    if cut_at is not None:
+        until = cut_at if until is None else min(until, cut_at)
+    exchange.bound_writes(settings.write_timeout, until)
     try:
         await exchange.start(200, [*fmt.headers, *headers])
         opening = fmt.open()
