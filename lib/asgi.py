@@ -21,13 +21,14 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from types import TracebackType
 from typing import Any
 
-from lib.errors import APIError, BodyTooLarge, UnsupportedMediaType
+from lib.errors import APIError, BodyTooLarge, RequestTimeout, UnsupportedMediaType
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = Iterable[tuple[bytes, bytes]]
+CLOSE = (b"connection", b"close")
 
 
 class ClientDisconnected(Exception):
@@ -44,6 +45,13 @@ def header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return bytes(value).decode("latin-1")
     return None
+
+
+def joined_header(scope: Scope, name: bytes) -> str | None:
+    """Every line of a request header joined with ``", "``, as RFC 9110 section 5.3 combines
+    repeated field lines (a proxy may append its own line instead of extending the first)."""
+    values = [bytes(v).decode("latin-1") for k, v in scope.get("headers", ()) if k == name]
+    return ", ".join(values) if values else None
 
 
 def check_json_content_type(scope: Scope) -> None:
@@ -76,6 +84,7 @@ class Exchange:
         self.bytes_sent = 0
         self.disconnected = False
         self.stalled = False
+        self._body_read = False
         self._watcher: asyncio.Task[None] | None = None
         self._target: asyncio.Task[Any] | None = None
         self._writing_since: float | None = None
@@ -83,26 +92,47 @@ class Exchange:
         self._write_until: float | None = None
         self._write_timer: asyncio.TimerHandle | None = None
 
-    async def read_body(self, limit: int) -> bytes:
-        """The whole body, or ``BodyTooLarge`` the moment it passes ``limit`` (the rest is
-        never read: the server closes the connection after our answer)."""
+    async def read_body(self, limit: int, time_limit: float | None = None) -> bytes:
+        """The whole body; ``BodyTooLarge`` the moment it passes ``limit``, ``RequestTimeout``
+        when it has not all arrived within ``time_limit`` seconds. In both cases the rest is never
+        read: the answer says ``Connection: close`` and the server closes the connection."""
         declared = header(self.scope, b"content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
             raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
         parts: list[bytes] = []
         size = 0
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self.disconnected = True
-                raise ClientDisconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
-            parts.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(parts)
+        try:
+            async with asyncio.timeout(time_limit):
+                while True:
+                    message = await self._receive()
+                    if message["type"] == "http.disconnect":
+                        self.disconnected = True
+                        raise ClientDisconnected
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise BodyTooLarge(
+                            f"The request body is larger than the limit of {limit} bytes."
+                        )
+                    parts.append(chunk)
+                    if not message.get("more_body", False):
+                        self._body_read = True
+                        return b"".join(parts)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body did not arrive within {time_limit:g} seconds."
+            ) from None
+
+    def _body_unread(self) -> bool:
+        """Whether the caller has sent, or may still send, body bytes no one read: answering
+        then must close the connection, or the server would read and discard all of them to
+        reach the next request (RFC 9112 section 9.6: the server may close instead)."""
+        if self._body_read:
+            return False
+        length = header(self.scope, b"content-length")
+        if length is not None and length.strip() == "0":
+            return False
+        return length is not None or header(self.scope, b"transfer-encoding") is not None
 
     # -- disconnect watching -------------------------------------------------------------------
 
@@ -179,6 +209,8 @@ class Exchange:
     async def start(self, status: int, headers: Headers) -> None:
         self.started = True
         self.status = status
+        if self._body_unread():
+            headers = [*headers, CLOSE]
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def write(self, data: bytes) -> None:

@@ -40,6 +40,7 @@ class Settings:
     allowed_models: frozenset[str] = frozenset({"gpt-4o-mini"})
     max_tokens: int = 1024
     max_body_bytes: int = 64 * 1024
+    body_read_timeout: float = 15.0
     max_prompt_chars: int = 32_000
     max_messages: int = 64
     prompt_endpoint: PromptEndpoint = "chat"
@@ -216,6 +217,7 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
         allowed_models=allowed,
         max_tokens=_number(env, "MAX_TOKENS", 1024, int, 1, 1_000_000),
         max_body_bytes=_number(env, "MAX_BODY_BYTES", 64 * 1024, int, 256, 16 * 1024 * 1024),
+        body_read_timeout=_number(env, "BODY_READ_TIMEOUT", 15.0, float, 0.05, 600.0),
         max_prompt_chars=_number(env, "MAX_PROMPT_CHARS", 32_000, int, 1, 10_000_000),
         max_messages=_number(env, "MAX_MESSAGES", 64, int, 1, 10_000),
         prompt_endpoint="completions" if endpoint == "completions" else "chat",

@@ -146,7 +146,8 @@ class GenerateHandler:
         query = scope.get("query_string", b"")
         requested_format(query)  # a bad format parameter is a 400 before the body is read
         check_json_content_type(exchange.scope)
-        body = parse_json_object(await exchange.read_body(settings.max_body_bytes))
+        raw = await exchange.read_body(settings.max_body_bytes, settings.body_read_timeout)
+        body = parse_json_object(raw)
         request = parse_request(body, settings)
         accept = header(exchange.scope, b"accept")
         fmt = choose_format(query, request, accept, settings.default_format)
@@ -154,7 +155,8 @@ class GenerateHandler:
         if settings.log_prompts:
             log.prompt = request.text_for_log()
         upstream_request = build_upstream_request(request, settings)
-        log.client = client_key(scope, settings.protection.trust_proxy_header, caller.client_id)
+        p = settings.protection
+        log.client = client_key(scope, p.trust_proxy_header, caller.client_id, p.ipv6_prefix)
         admission = await self.limiter.admit(log.client, request)
         try:
             async with self.limiter.holding(admission):

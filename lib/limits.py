@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib.asgi import Scope, header
+from lib.asgi import Scope, joined_header
 from lib.config import Protection
 from lib.errors import BudgetExhausted, RateLimited, StoreUnavailable
 from lib.log import warn
@@ -56,35 +56,46 @@ NO_RETRY_AFTER = 60  # the openai SDKs only wait out a Retry-After of up to 60 s
 STORE_RETRY_AFTER = 5
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
+DEFAULT_IPV6_PREFIX = 56
 
 
-def client_key(scope: Scope, trusted_header: str | None, client_id: str | None) -> str:
+def client_key(
+    scope: Scope,
+    trusted_header: str | None,
+    client_id: str | None,
+    ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
+) -> str:
     """The identity limits count against: the token's client id, else the caller's address.
 
     The address comes from ``trusted_header`` when set (on Vercel, ``x-vercel-forwarded-for``,
     which the edge overwrites), taking its right-most entry, the one the nearest trusted proxy
-    wrote; a left-most ``X-Forwarded-For`` entry is whatever the caller typed. Without a trusted
-    header it is the socket's peer address. IPv6 addresses count per /64, the block one
-    subscriber gets, so a caller cannot rotate through addresses to escape the limit.
+    wrote; a left-most ``X-Forwarded-For`` entry is whatever the caller typed. Repeated lines of
+    the header are joined first, so a proxy that adds its own line is still the right-most. An
+    entry that is not an address counts as one shared ``ip:unknown``, never as the peer: a
+    caller must not be able to choose between two identities. Without a trusted header it is
+    the socket's peer address. IPv6 addresses count per ``ipv6_prefix`` (``IPV6_PREFIX``, /56 by
+    default: the block a home or small-office subscriber is typically given), so a caller cannot
+    rotate through the addresses of its own allocation to escape a limit.
     """
     if client_id is not None:
         return client_id
-    raw: str | None = None
-    if trusted_header is not None:
-        value = header(scope, trusted_header.encode("latin-1"))
-        if value:
-            raw = value.rsplit(",", 1)[-1].strip()
-    if not raw:
+    raw = ""
+    value = None if trusted_header is None else joined_header(scope, trusted_header.encode())
+    if value is not None:
+        raw = value.rsplit(",", 1)[-1].strip()
+    else:
         peer = scope.get("client")
         raw = str(peer[0]) if peer else ""
     try:
         address = ipaddress.ip_address(raw.strip("[]"))
     except ValueError:
         return "ip:unknown"
-    if address.version == 6 and getattr(address, "ipv4_mapped", None) is None:
-        return f"ip:{ipaddress.ip_network(f'{address}/64', strict=False)}"
     mapped = getattr(address, "ipv4_mapped", None)
-    return f"ip:{mapped or address}"
+    if mapped is not None:
+        return f"ip:{mapped}"
+    if address.version == 6:
+        return f"ip:{ipaddress.ip_network(f'{address}/{ipv6_prefix}', strict=False)}"
+    return f"ip:{address}"
 
 
 def estimate_prompt_tokens(request: GenerateRequest) -> int:

@@ -161,7 +161,10 @@ def test_rates_parse_like_the_readme_says() -> None:
          "ip:198.51.100.7"),
         # No trusted header configured: the socket peer, whatever the headers claim.
         ({"x-forwarded-for": "6.6.6.6"}, "192.0.2.1", None, "ip:192.0.2.1"),
-        ({}, "2001:db8:1:2:3:4:5:6", None, "ip:2001:db8:1:2::/64"),
+        # IPv6 counts per /56: every /64 of one subscriber's block is one client.
+        ({}, "2001:db8:1:2:3:4:5:6", None, "ip:2001:db8:1::/56"),
+        ({}, "2001:db8:1:ff:3:4:5:6", None, "ip:2001:db8:1::/56"),
+        ({}, "::ffff:192.0.2.1", None, "ip:192.0.2.1"),
         ({"x-vercel-forwarded-for": "not an ip"}, "192.0.2.1", "x-vercel-forwarded-for",
          "ip:unknown"),
     ],
@@ -175,6 +178,25 @@ def test_client_address_comes_only_from_what_is_trusted(
     }
     assert client_key(scope, trusted, None) == expected
     assert client_key(scope, trusted, "user:42") == "user:42"
+
+
+def test_repeated_header_lines_are_joined_before_the_right_most_entry_is_taken() -> None:
+    # The caller's own line first, the proxy's appended line last: the proxy's entry counts.
+    scope = {
+        "headers": [(b"x-forwarded-for", b"6.6.6.6"), (b"x-forwarded-for", b"198.51.100.7")],
+        "client": ("10.0.0.1", 4711),
+    }
+    assert client_key(scope, "x-forwarded-for", None) == "ip:198.51.100.7"
+    rotated = {**scope, "headers": [(b"x-forwarded-for", b"7.7.7.7"), *scope["headers"][1:]]}
+    assert client_key(rotated, "x-forwarded-for", None) == "ip:198.51.100.7"
+
+
+def test_the_ipv6_prefix_is_a_setting() -> None:
+    assert load_protection({}).ipv6_prefix == 56
+    assert load_protection({"IPV6_PREFIX": "48"}).ipv6_prefix == 48
+    scope = {"headers": [], "client": ("2001:db8:1:2:3:4:5:6", 1)}
+    assert client_key(scope, None, None, 48) == "ip:2001:db8:1::/48"
+    assert client_key(scope, None, None, 128) == "ip:2001:db8:1:2:3:4:5:6/128"
 
 
 def test_vercel_is_detected_for_the_trusted_header() -> None:
