@@ -174,7 +174,11 @@ class GenerateHandler:
         finally:
             # The response starts only once the upstream accepted the request (it may charge).
             log.tokens_charged = await self.limiter.finish(
-                admission, opened=exchange.started, usage=log.usage, events=log.events
+                admission,
+                opened=exchange.started,
+                usage=log.usage,
+                events=log.events,
+                unknown=exchange.stalled,
             )
 
     async def _stream(

@@ -13,11 +13,14 @@ are enforced in one place, ``lib/request.parse_request``, and the body cap in
    would have expired anyway, so a crashed instance's lease blocks nobody for long. An
    ``acquire`` that timed out may still be applied by the store later: its lease is
    *abandoned* (released behind a tombstone that makes the late acquire a no-op).
-3. ``TOKEN_BUDGET``: before calling upstream, reserve ``max_tokens`` plus an estimate of the
-   prompt (characters / 4); check and add are one atomic step, so N concurrent requests cannot
-   overspend. Afterwards settle to the usage the upstream reported, or, when the stream was cut
-   before the usage chunk, to the prompt estimate plus one token per relayed event (OpenAI sends
-   about one token per event); nothing when the upstream never accepted the request.
+3. ``TOKEN_BUDGET``: before calling upstream, reserve ``max_tokens`` plus an upper bound of the
+   prompt's tokens (its UTF-8 bytes, :func:`estimate_prompt_tokens`); check and add are one
+   atomic step, so N concurrent requests cannot overspend. Afterwards settle to the usage the
+   upstream reported, or, when the stream was cut before the usage chunk, to the same prompt
+   bound plus one token per relayed event (OpenAI sends about one token per event; the bound's
+   surplus over the real prompt covers the few tokens in flight when the caller hung up); the
+   whole reservation when the caller stopped reading (the upstream may have gone on
+   generating into the buffers); nothing when the upstream never accepted the request.
 
 When the store does not answer within ``STORE_TIMEOUT``: budgets fail *closed* (503, since
 spending without a ledger is what the budget exists to prevent); rate and stream limits fall
@@ -54,8 +57,8 @@ RETRY_FIRST_DELAY = 0.05
 RETRY_MAX_DELAY = 2.0
 NO_RETRY_AFTER = 60  # the openai SDKs only wait out a Retry-After of up to 60 s
 STORE_RETRY_AFTER = 5
-CHARS_PER_TOKEN = 4
-TOKENS_PER_MESSAGE = 4
+TOKENS_PER_MESSAGE = 4  # OpenAI's chat format: 3 or 4 per message, plus 3 to prime the reply
+REPLY_PRIMING = 3
 DEFAULT_IPV6_PREFIX = 56
 
 
@@ -99,10 +102,17 @@ def client_key(
 
 
 def estimate_prompt_tokens(request: GenerateRequest) -> int:
-    """A cheap upper-ish estimate of the prompt's tokens (no tokenizer on the platform)."""
-    chars = len(request.prompt) if request.prompt is not None else 0
-    chars += sum(len(m["content"]) for m in request.messages)
-    return math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * max(1, len(request.messages))
+    """An upper bound on the prompt's tokens, without a tokenizer: its UTF-8 bytes, plus the
+    chat format's tokens per message and the reply's priming.
+
+    Byte-level BPE tokenizers (OpenAI's cl100k and o200k, and the Llama 3, Qwen and Mistral
+    families) never make a token of less than one byte, so no script or language can exceed it.
+    Characters / 4 undercounted CJK text about 4x (a burst spent 3.8x the budget). The cost is
+    a larger reservation for Latin text (about 4 bytes a token), settled to the reported usage.
+    """
+    size = len(request.prompt.encode("utf-8")) if request.prompt is not None else 0
+    size += sum(len(m["content"].encode("utf-8")) for m in request.messages)
+    return size + TOKENS_PER_MESSAGE * max(1, len(request.messages)) + REPLY_PRIMING
 
 
 def _seconds(value: float) -> int:
@@ -344,9 +354,17 @@ class Limiter:
         return extra
 
     async def finish(
-        self, admission: Admission, *, opened: bool, usage: dict[str, Any] | None, events: int
+        self,
+        admission: Admission,
+        *,
+        opened: bool,
+        usage: dict[str, Any] | None,
+        events: int,
+        unknown: bool = False,
     ) -> int | None:
-        """Release the lease and settle the budget; the tokens charged (None without budget)."""
+        """Release the lease and settle the budget; the tokens charged (None without budget).
+        ``unknown``: how much the upstream generated cannot be told (the caller stopped reading
+        while the upstream went on), so the whole reservation is charged."""
         await self._release(admission)
         if admission.budget_key is None:
             return None
@@ -355,6 +373,8 @@ class Limiter:
             charged = 0
         elif isinstance(total, int) and not isinstance(total, bool) and total >= 0:
             charged = total
+        elif unknown:
+            charged = admission.reserved
         else:
             charged = admission.prompt_estimate + min(admission.max_tokens, events)
         try:

@@ -128,8 +128,8 @@ async def test_a_cut_stream_is_charged_an_estimate_and_a_refused_one_nothing(sto
 
 
 async def test_concurrent_reservations_cannot_overspend(store: Store) -> None:
-    limits = limiter(store, Clock(), TOKEN_BUDGET="350/day")  # three of 105 tokens fit
-    assert estimate_prompt_tokens(prompt()) + 100 == 105
+    limits = limiter(store, Clock(), TOKEN_BUDGET="350/day")  # three of 109 tokens fit
+    assert estimate_prompt_tokens(prompt()) + 100 == 109
     results = await asyncio.gather(
         *(limits.admit("a", prompt()) for _ in range(12)), return_exceptions=True
     )

@@ -73,6 +73,7 @@ async def test_a_caller_that_stops_reading_is_cut_after_the_write_stall_timeout(
 ) -> None:
     function = await make_function(
         MAX_CONCURRENT_STREAMS="1",
+        TOKEN_BUDGET="100000/day",
         CLIENT_WRITE_TIMEOUT="0.2",
         REPETITION_WINDOW="0",
         MAX_STREAM_SECONDS="0",
@@ -83,6 +84,9 @@ async def test_a_caller_that_stops_reading_is_cut_after_the_write_stall_timeout(
     assert line["status"] == 200
     assert line["error_type"] == "client_stalled"
     assert line["bytes"] < 16 * 1024 * 1024  # cut while most of the answer was still upstream
+    # The upstream may have gone on generating into the buffers: the whole reservation is
+    # charged (the prompt's 2 bytes + 4 + 3, and the default max_tokens of 1024).
+    assert line["tokens_charged"] == 2 + 4 + 3 + 1024
     seen = demo.seen[0]
     await asyncio.wait_for(seen.closed.wait(), 5)  # the upstream connection was closed
     received = await drained_to_the_end(sock)
