@@ -16,10 +16,11 @@ Redis does each in one Lua script (atomic on the server; works on Upstash and Ve
 speak the protocol and run scripts). Connections come from a bounded pool that *waits* for a
 free connection instead of failing when all are busy (redis-py's default pool raises at once,
 which turned a burst into spurious 503s and fallbacks). Every Redis call, the wait for a
-connection included, has one short timeout and no retries: a store that does not answer in
-time raises :class:`StoreError`, and the caller (``lib/limits.py``) applies the documented
-policy. The ``redis`` package is imported only when ``REDIS_URL`` is set.
-Times are wall-clock seconds passed in by the caller, so tests inject the clock.
+connection included, has one short timeout and no retries (but one on a fresh connection when
+the store closed the pooled one): a store that does not answer in time raises
+:class:`StoreError`, and the caller (``lib/limits.py``) applies the documented policy. The
+``redis`` package is imported only when ``REDIS_URL`` is set. Times are wall-clock seconds
+passed in by the caller, so tests inject the clock.
 """
 
 from __future__ import annotations
@@ -258,6 +259,7 @@ class RedisStore:
             import redis.asyncio
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError as LostConnection
 
             # Bounded, and waiting for a free connection (up to the store timeout) when all
             # are busy: a burst queues for a few milliseconds instead of failing.
@@ -267,7 +269,10 @@ class RedisStore:
                 timeout=self._timeout,
                 socket_timeout=self._timeout,
                 socket_connect_timeout=self._timeout,
-                retry=Retry(NoBackoff(), 0),  # no retries: the caller's policy decides
+                # One retry, on a fresh connection, when the store closed the pooled one (a
+                # restart, a failover, an idle connection the provider dropped). Never after a
+                # timeout: that call may have been applied, and the caller's policy decides.
+                retry=Retry(NoBackoff(), 1, supported_errors=(LostConnection,)),
                 health_check_interval=30,
             )
             self._client = redis.asyncio.Redis.from_pool(pool)  # closing it closes the pool

@@ -229,3 +229,26 @@ async def test_a_burst_of_300_requests_holds_every_limit_with_no_503_and_no_leas
     day = int(T0 + 10) // 86_400 * 86_400
     for client, total in charged.items():
         assert int(redis_server.client.get(f"{KEY_PREFIX}budget:{client}:{day}") or 0) == total
+
+
+async def test_after_a_restart_without_persistence_the_store_serves_again_from_zero(
+    make_redis: Callable[[], RedisServer], logs: LogTap
+) -> None:
+    """What docs/protection.md promises for a restart: the very next call works again (on a
+    fresh connection, with the scripts loaded anew), and every count, budgets included, starts
+    from zero."""
+    server = make_redis()
+    env = {"TOKEN_BUDGET": "1000/day", "RATE_LIMIT": "1/minute", "REDIS_URL": server.url}
+    limits = Limiter(load_protection(env), clock=Clock())
+    try:
+        first = await limits.admit("a", prompt(max_tokens=500))
+        await limits.finish(first, opened=True, usage={"total_tokens": 900}, events=0)
+        with pytest.raises(RateLimited):
+            await limits.admit("a", prompt(max_tokens=50))
+        server.restart()
+        again = await limits.admit("a", prompt(max_tokens=500))  # window and budget reset
+        remaining = dict(again.headers)[b"x-ratelimit-remaining-tokens"]
+        assert int(remaining) == 1000 - 500 - 9
+        assert not [line for line in logs.lines if "limit store" in line]  # no fallback
+    finally:
+        await limits.close()
