@@ -189,7 +189,7 @@ class Exchange:
             wake = min(wake, until)
         self._write_timer = loop.call_at(wake, self._check_writes)
 
-    async def _send_body(self, message: Message) -> None:
+    async def _send_timed(self, message: Message) -> None:
         self._writing_since = asyncio.get_running_loop().time()
         try:
             await self._send(message)
@@ -211,15 +211,16 @@ class Exchange:
         self.status = status
         if self._body_unread():
             headers = [*headers, CLOSE]
-        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        message = {"type": "http.response.start", "status": status, "headers": headers}
+        await self._send_timed(message)
 
     async def write(self, data: bytes) -> None:
         self.bytes_sent += len(data)
-        await self._send_body({"type": "http.response.body", "body": data, "more_body": True})
+        await self._send_timed({"type": "http.response.body", "body": data, "more_body": True})
 
     async def end(self, data: bytes = b"") -> None:
         self.bytes_sent += len(data)
-        await self._send_body({"type": "http.response.body", "body": data, "more_body": False})
+        await self._send_timed({"type": "http.response.body", "body": data, "more_body": False})
 
     async def respond(self, status: int, body: bytes, headers: Headers = ()) -> None:
         """A complete, non-streamed response."""
