@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from lib.config import Rate, load_protection
+from lib.config import Rate, SettingsError, load_protection, load_settings
 from lib.errors import BudgetExhausted, RateLimited
 from lib.limits import Limiter, client_key, estimate_prompt_tokens
 from lib.request import GenerateRequest
@@ -203,3 +203,30 @@ def test_vercel_is_detected_for_the_trusted_header() -> None:
     assert load_protection({"VERCEL": "1"}).trust_proxy_header == "x-vercel-forwarded-for"
     assert load_protection({}).trust_proxy_header is None
     assert load_protection({"VERCEL": "1", "TRUST_PROXY_HEADER": "none"}).trust_proxy_header is None
+
+
+def test_the_stream_and_connection_settings_parse_and_name_bad_values() -> None:
+    settings = load_settings({})
+    assert (settings.write_timeout, settings.body_read_timeout) == (30.0, 15.0)
+    p = settings.protection
+    assert (p.store_max_connections, p.stream_lease_seconds, p.ipv6_prefix) == (20, 30.0, 56)
+    env = {
+        "CLIENT_WRITE_TIMEOUT": "2.5",
+        "BODY_READ_TIMEOUT": "5",
+        "STORE_MAX_CONNECTIONS": "50",
+        "STREAM_LEASE_SECONDS": "60",
+        "IPV6_PREFIX": "64",
+    }
+    custom = load_settings(env)
+    assert (custom.write_timeout, custom.body_read_timeout) == (2.5, 5.0)
+    q = custom.protection
+    assert (q.store_max_connections, q.stream_lease_seconds, q.ipv6_prefix) == (50, 60.0, 64)
+    for name, bad in [
+        ("CLIENT_WRITE_TIMEOUT", "0"),
+        ("BODY_READ_TIMEOUT", "-1"),
+        ("STORE_MAX_CONNECTIONS", "0"),
+        ("STREAM_LEASE_SECONDS", "1"),
+        ("IPV6_PREFIX", "8"),
+    ]:
+        with pytest.raises(SettingsError, match=name):
+            load_settings({name: bad})
