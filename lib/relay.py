@@ -198,9 +198,9 @@ async def _pump(
                 decoder.feed(chunk), fmt, outcome, settings.openai_api_key, template
             )
         except _MALFORMED as exc:
-            # Valid JSON of a shape no format expects (``choices`` or ``delta`` of the wrong
-            # type, nesting deeper than the parser's recursion limit): the upstream broke the
-            # protocol. The events of this read are not sent; the stream ends in band.
+            # A shape the checks in _translate_events (_wrong_shape, the parser's recursion
+            # limit) did not foresee: still the upstream's fault, still an in-band error, never
+            # a traceback. The events of this read are not sent.
             warn("An upstream event had an unexpected shape.", error=type(exc).__name__)
             raise UpstreamProtocolError(
                 "The upstream sent an event of a shape the protocol does not allow."
@@ -256,19 +256,27 @@ def usage_counts(usage: Any) -> dict[str, Any] | None:
         return None
     counts: dict[str, Any] = {}
     for name, value in usage.items():
-        if not isinstance(name, str):
+        if not _is_field_name(name):
             continue
-        if isinstance(value, int) and not isinstance(value, bool):
+        if _is_count(value):
             counts[name] = value
         elif isinstance(value, dict):
-            inner = {
-                k: v
-                for k, v in value.items()
-                if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-            }
+            inner = {k: v for k, v in value.items() if _is_field_name(k) and _is_count(v)}
             if inner:
                 counts[name] = inner
     return counts
+
+
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _is_field_name(name: Any) -> bool:
+    """A name like OpenAI's (``prompt_tokens``): names are upstream text too."""
+    return isinstance(name, str) and _FIELD_NAME.fullmatch(name) is not None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _translate_events(

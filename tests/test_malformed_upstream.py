@@ -116,6 +116,7 @@ async def test_the_log_line_keeps_only_the_integer_usage_fields(relay: Relay, lo
         "flag": True,
         "prompt_tokens_details": {"cached_tokens": 1, "note": CANARY_KEY},
         "deep": {"a": {"b": [CANARY_KEY]}},
+        CANARY_KEY: 1,  # names are upstream text too
     }
     chunk = {"id": "c", "object": "chat.completion.chunk", "choices": [], "usage": usage}
     raw = f"data: {FIRST}\n\ndata: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
