@@ -275,12 +275,17 @@ async def test_a_caller_cannot_choose_its_address_with_x_forwarded_for(
 
 
 @module_loop
-async def test_a_proxy_the_operator_names_is_trusted(
+async def test_a_proxy_the_operator_names_is_trusted_and_slow_headers_are_cut(
     project: Path, http: aiohttp.ClientSession
 ) -> None:
-    args = ["--root", str(project), "--forwarded-allow-ips", "127.0.0.1"]
+    args = ["--root", str(project), "--forwarded-allow-ips", "127.0.0.1", "--header-timeout", "0.2"]
     with serve_process(args, {"OPENAI_API_KEY": CANARY_KEY}) as (url, _, _):
         seen, _ = await probe(http, url + "/api/probe", headers={"X-Forwarded-For": "6.6.6.6"})
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /api/probe HTTP/1.1\r\nHost: x\r\n")  # never finished
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+        writer.close()
     assert seen["headers"]["x-vercel-forwarded-for"] == "6.6.6.6"
 
 
