@@ -121,3 +121,50 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class RedisProcess:
+    """A ``redis-server`` without persistence on a free loopback port, for the limit phases
+    (Debian's package: ``make deps-redis``)."""
+
+    def __init__(self, timeout: float = 10) -> None:
+        import shutil
+        import socket
+
+        import redis
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed; run `make deps-redis`")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc = subprocess.Popen(  # noqa: S603 - a fixed argument list, no shell
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.client = redis.Redis.from_url(self.url, socket_timeout=1)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.client.ping()
+                return
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.01)  # polling a starting process
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+    def __enter__(self) -> RedisProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -21,6 +21,7 @@ async def serve_asgi(app: Any, **config: Any) -> tuple[str, Callable[[], Awaitab
         "log_level": "warning",
         "timeout_graceful_shutdown": 2,
         "ws": "none",
+        "proxy_headers": False,  # as the local server: the caller must not pick its address
         **config,
     }
     server = uvicorn.Server(uvicorn.Config(app, **settings))

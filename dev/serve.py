@@ -512,12 +512,41 @@ def curl_line(url: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class ServerLimits:
+    """What the server itself enforces before a function sees a request.
+
+    ``trusted_proxies`` (``--forwarded-allow-ips``) is empty by default, and then uvicorn's
+    proxy-header rewriting is off: uvicorn's default trusts ``X-Forwarded-For`` from 127.0.0.1,
+    so behind any same-host tunnel or proxy a caller could pick its own address (and so its own
+    rate-limit identity) by rotating that header. Name the proxy to turn it on for it alone.
+    """
+
+    trusted_proxies: str = ""
+    header_timeout: float = 10.0
+    max_connections: int = 1000
+    keep_alive: int = 5
+
+    def uvicorn_settings(self) -> dict[str, Any]:
+        from dev.guard import guarded
+
+        settings: dict[str, Any] = {
+            "proxy_headers": bool(self.trusted_proxies),
+            "http": guarded(self.header_timeout, self.max_connections),
+            "timeout_keep_alive": self.keep_alive,
+        }
+        if self.trusted_proxies:
+            settings["forwarded_allow_ips"] = self.trusted_proxies
+        return settings
+
+
 async def serve(
     host: str,
     port: int,
     root: Path,
     config_path: Path | None,
     environ: MutableMapping[str, str],
+    limits: ServerLimits | None = None,
 ) -> None:
     import uvicorn
 
@@ -552,6 +581,7 @@ async def serve(
         log_config=None,
         log_level="warning",
         timeout_graceful_shutdown=2,
+        **(limits or ServerLimits()).uvicorn_settings(),
     )
     try:
         await uvicorn.Server(config).serve(sockets=[sock])
@@ -568,10 +598,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--local-config", type=Path, default=None, help="use this file instead of vercel.json"
     )
+    parser.add_argument(
+        "--forwarded-allow-ips",
+        default="",
+        metavar="IPS",
+        help="trust X-Forwarded-For from these proxy addresses (default: trust no one)",
+    )
+    parser.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds to receive request headers"
+    )
+    parser.add_argument(
+        "--max-connections", type=int, default=1000, help="open connections before 503"
+    )
     args = parser.parse_args(argv)
+    limits = ServerLimits(args.forwarded_allow_ips, args.header_timeout, args.max_connections)
     started = time.monotonic()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.host, args.port, args.root.resolve(), args.local_config, os.environ))
+        asyncio.run(
+            serve(args.host, args.port, args.root.resolve(), args.local_config, os.environ, limits)
+        )
     print(f"stopped after {time.monotonic() - started:.0f}s", flush=True)
 
 

@@ -5,6 +5,13 @@ whether the response has started, writes JSON errors, and, once the body is read
 ``receive()`` for ``http.disconnect`` and turns it into cancellation of the request's task, in
 every phase (waiting for upstream headers, before the first token, mid-stream). Nothing else
 calls ``receive()``: polling ``is_disconnected()`` from elsewhere races the server's own loop.
+
+It also bounds every write of a stream (:meth:`Exchange.bound_writes`): the server's ``send()``
+waits while the caller's socket is full, so a caller that stops reading would otherwise hold
+the stream, its upstream connection and its lease forever. One watchdog timer per stream (not
+one per write: most writes never wait) cancels the task when a write has waited longer than the
+stall timeout, or is still waiting at the stream's deadline; the exchange then raises
+:class:`ClientStalled`.
 """
 
 from __future__ import annotations
@@ -14,17 +21,22 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from types import TracebackType
 from typing import Any
 
-from lib.errors import APIError, BodyTooLarge, UnsupportedMediaType
+from lib.errors import APIError, BodyTooLarge, RequestTimeout, UnsupportedMediaType
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = Iterable[tuple[bytes, bytes]]
+CLOSE = (b"connection", b"close")
 
 
 class ClientDisconnected(Exception):
     """Raised when the caller went away before its body was read."""
+
+
+class ClientStalled(Exception):
+    """Raised when a write to the caller waited too long: it stopped reading."""
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -33,6 +45,13 @@ def header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return bytes(value).decode("latin-1")
     return None
+
+
+def joined_header(scope: Scope, name: bytes) -> str | None:
+    """Every line of a request header joined with ``", "``, as RFC 9110 section 5.3 combines
+    repeated field lines (a proxy may append its own line instead of extending the first)."""
+    values = [bytes(v).decode("latin-1") for k, v in scope.get("headers", ()) if k == name]
+    return ", ".join(values) if values else None
 
 
 def check_json_content_type(scope: Scope) -> None:
@@ -64,28 +83,56 @@ class Exchange:
         self.status = 0
         self.bytes_sent = 0
         self.disconnected = False
+        self.stalled = False
+        self._body_read = False
         self._watcher: asyncio.Task[None] | None = None
+        self._target: asyncio.Task[Any] | None = None
+        self._writing_since: float | None = None
+        self._stall_timeout = 0.0
+        self._write_until: float | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
 
-    async def read_body(self, limit: int) -> bytes:
-        """The whole body, or ``BodyTooLarge`` the moment it passes ``limit`` (the rest is
-        never read: the server closes the connection after our answer)."""
+    async def read_body(self, limit: int, time_limit: float | None = None) -> bytes:
+        """The whole body; ``BodyTooLarge`` the moment it passes ``limit``, ``RequestTimeout``
+        when it has not all arrived within ``time_limit`` seconds. In both cases the rest is never
+        read: the answer says ``Connection: close`` and the server closes the connection."""
         declared = header(self.scope, b"content-length")
         if declared is not None and declared.strip().isdigit() and int(declared) > limit:
             raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
         parts: list[bytes] = []
         size = 0
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self.disconnected = True
-                raise ClientDisconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
-            parts.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(parts)
+        try:
+            async with asyncio.timeout(time_limit):
+                while True:
+                    message = await self._receive()
+                    if message["type"] == "http.disconnect":
+                        self.disconnected = True
+                        raise ClientDisconnected
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise BodyTooLarge(
+                            f"The request body is larger than the limit of {limit} bytes."
+                        )
+                    parts.append(chunk)
+                    if not message.get("more_body", False):
+                        self._body_read = True
+                        return b"".join(parts)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body did not arrive within {time_limit:g} seconds."
+            ) from None
+
+    def _body_unread(self) -> bool:
+        """Whether the caller has sent, or may still send, body bytes no one read: answering
+        then must close the connection, or the server would read and discard all of them to
+        reach the next request (RFC 9112 section 9.6: the server may close instead)."""
+        if self._body_read:
+            return False
+        length = header(self.scope, b"content-length")
+        if length is not None and length.strip() == "0":
+            return False
+        return length is not None or header(self.scope, b"transfer-encoding") is not None
 
     # -- disconnect watching -------------------------------------------------------------------
 
@@ -93,6 +140,7 @@ class Exchange:
         """Start watching for ``http.disconnect`` (call after the body has been read)."""
         task = asyncio.current_task()
         assert task is not None
+        self._target = task
         self._watcher = asyncio.create_task(self._watch(task))
         return self
 
@@ -105,11 +153,48 @@ class Exchange:
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.cancel()  # not awaited: it holds nothing but a pending receive()
-        if self.disconnected and exc_type is asyncio.CancelledError:
+        timer, self._write_timer = self._write_timer, None
+        if timer is not None:
+            timer.cancel()
+        if (self.disconnected or self.stalled) and exc_type is asyncio.CancelledError:
             task = asyncio.current_task()
             # Our own cancellation: absorb it. Anyone else's cancellation still propagates.
-            return task is not None and task.uncancel() == 0
+            if task is None or task.uncancel() != 0:
+                return False
+            if self.stalled and not self.disconnected:
+                raise ClientStalled from None
+            return True
         return False
+
+    def bound_writes(self, stall_timeout: float, until: float | None) -> None:
+        """From now on, end the exchange (:class:`ClientStalled`) when a write has waited
+        ``stall_timeout`` seconds, or is waiting at ``until`` (loop time). Call inside
+        ``async with exchange``."""
+        self._stall_timeout, self._write_until = stall_timeout, until
+        self._check_writes()
+
+    def _check_writes(self) -> None:
+        """The watchdog: runs only while the task is suspended, so a write in progress here is
+        one that is waiting for the caller's socket to drain."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        since, until, stall = self._writing_since, self._write_until, self._stall_timeout
+        if since is not None and (now - since >= stall or (until is not None and now >= until)):
+            self.stalled = True
+            if self._target is not None:
+                self._target.cancel()
+            return
+        wake = now + stall / 4 if since is None else min(since + stall, now + stall / 4)
+        if until is not None and now < until:
+            wake = min(wake, until)
+        self._write_timer = loop.call_at(wake, self._check_writes)
+
+    async def _send_timed(self, message: Message) -> None:
+        self._writing_since = asyncio.get_running_loop().time()
+        try:
+            await self._send(message)
+        finally:
+            self._writing_since = None
 
     async def _watch(self, target: asyncio.Task[Any]) -> None:
         while True:
@@ -124,15 +209,18 @@ class Exchange:
     async def start(self, status: int, headers: Headers) -> None:
         self.started = True
         self.status = status
-        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        if self._body_unread():
+            headers = [*headers, CLOSE]
+        message = {"type": "http.response.start", "status": status, "headers": headers}
+        await self._send_timed(message)
 
     async def write(self, data: bytes) -> None:
         self.bytes_sent += len(data)
-        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        await self._send_timed({"type": "http.response.body", "body": data, "more_body": True})
 
     async def end(self, data: bytes = b"") -> None:
         self.bytes_sent += len(data)
-        await self._send({"type": "http.response.body", "body": data, "more_body": False})
+        await self._send_timed({"type": "http.response.body", "body": data, "more_body": False})
 
     async def respond(self, status: int, body: bytes, headers: Headers = ()) -> None:
         """A complete, non-streamed response."""

@@ -41,6 +41,7 @@ class Settings:
     allowed_models: frozenset[str] = frozenset({"gpt-4o-mini"})
     max_tokens: int = 1024
     max_body_bytes: int = 64 * 1024
+    body_read_timeout: float = 15.0
     max_prompt_chars: int = 32_000
     max_messages: int = 64
     prompt_endpoint: PromptEndpoint = "chat"
@@ -53,6 +54,7 @@ class Settings:
     max_duration: float | None = None
     deadline_margin: float = 2.0
     keepalive_interval: float = 15.0
+    write_timeout: float = 30.0
     log_prompts: bool = False
     default_format: OutputFormat = "openai"
     allowed_origins: frozenset[str] = frozenset()
@@ -216,6 +218,7 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
         allowed_models=allowed,
         max_tokens=_number(env, "MAX_TOKENS", 1024, int, 1, 1_000_000),
         max_body_bytes=_number(env, "MAX_BODY_BYTES", 64 * 1024, int, 256, 16 * 1024 * 1024),
+        body_read_timeout=_number(env, "BODY_READ_TIMEOUT", 15.0, float, 0.05, 600.0),
         max_prompt_chars=_number(env, "MAX_PROMPT_CHARS", 32_000, int, 1, 10_000_000),
         max_messages=_number(env, "MAX_MESSAGES", 64, int, 1, 10_000),
         prompt_endpoint="completions" if endpoint == "completions" else "chat",
@@ -230,6 +233,7 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
         max_duration=vercel_max_duration(root) or (env_duration or None),
         deadline_margin=_number(env, "DEADLINE_MARGIN", 2.0, float, 0.0, 600.0),
         keepalive_interval=_number(env, "KEEPALIVE_INTERVAL", 15.0, float, 0.05, 600.0),
+        write_timeout=_number(env, "CLIENT_WRITE_TIMEOUT", 30.0, float, 0.05, 3600.0),
         log_prompts=_flag(env, "LOG_PROMPTS", False),
         default_format=default_format,
         allowed_origins=_origins(env),
@@ -276,9 +280,12 @@ class Protection:
     token_budget: Rate | None = None
     redis_url: str | None = None
     store_timeout: float = 0.5
+    store_max_connections: int = 20
+    stream_lease_seconds: float = 30.0
     trust_proxy_header: str | None = None
     auth_max_token_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME
     jwt: JWTSettings | None = None
+    ipv6_prefix: int = 56
 
     @property
     def auth_required(self) -> bool:
@@ -424,7 +431,10 @@ def load_protection(env: Mapping[str, str]) -> Protection:
         token_budget=parse_rate("TOKEN_BUDGET", env.get("TOKEN_BUDGET", "")),
         redis_url=redis_url,
         store_timeout=_number(env, "STORE_TIMEOUT", 0.5, float, 0.01, 10.0),
+        store_max_connections=_number(env, "STORE_MAX_CONNECTIONS", 20, int, 1, 10_000),
+        stream_lease_seconds=_number(env, "STREAM_LEASE_SECONDS", 30.0, float, 3.0, 3600.0),
         trust_proxy_header=None if proxy == "none" else proxy,
         auth_max_token_lifetime=max_lifetime,
         jwt=_load_jwt(env, max_lifetime),
+        ipv6_prefix=_number(env, "IPV6_PREFIX", 56, int, 16, 128),
     )

@@ -12,6 +12,7 @@ becomes the in-band error of the caller's format (see ``lib/formats.py``)::
     │   ├── MethodNotAllowed          405 method_not_allowed
     │   ├── UnsupportedMediaType      415 unsupported_media_type
     │   ├── BodyTooLarge              413 request_too_large
+    │   ├── RequestTimeout            408 request_timeout         the body came too slowly
     │   └── UpstreamRejectedRequest   400 invalid_request_error   upstream said 400/404/422
     ├── ConfigurationError            500 configuration_error     the deployment is misconfigured
     ├── UpstreamError                 502 upstream_error          the provider failed us
@@ -99,6 +100,13 @@ class BodyTooLarge(RequestError):
 
     status = 413
     type = "request_too_large"
+
+
+class RequestTimeout(RequestError):
+    """Raised when the body has not arrived within ``BODY_READ_TIMEOUT``."""
+
+    status = 408
+    type = "request_timeout"
 
 
 class UpstreamRejectedRequest(RequestError):

@@ -13,6 +13,7 @@ from typing import Any
 
 from lib.asgi import (
     ClientDisconnected,
+    ClientStalled,
     Exchange,
     Receive,
     Scope,
@@ -104,6 +105,10 @@ class GenerateHandler:
                 await exchange.respond_error(error, [id_header, *self._allow_header(error)])
         except ClientDisconnected:
             pass
+        except ClientStalled:
+            # Nothing more can be written to a caller that stopped reading: drop the connection.
+            log.error_type = "client_stalled"
+            raise BreakConnection from None
         except BreakConnection:
             raise
         except Exception:
@@ -149,7 +154,8 @@ class GenerateHandler:
         query = scope.get("query_string", b"")
         requested_format(query)  # a bad format parameter is a 400 before the body is read
         check_json_content_type(exchange.scope)
-        body = parse_json_object(await exchange.read_body(settings.max_body_bytes))
+        raw = await exchange.read_body(settings.max_body_bytes, settings.body_read_timeout)
+        body = parse_json_object(raw)
         request = parse_request(body, settings)
         accept = header(exchange.scope, b"accept")
         fmt = choose_format(query, request, accept, settings.default_format)
@@ -157,24 +163,30 @@ class GenerateHandler:
         if settings.log_prompts:
             log.prompt = request.text_for_log()
         upstream_request = build_upstream_request(request, settings)
-        log.client = client_key(scope, settings.protection.trust_proxy_header, caller.client_id)
+        p = settings.protection
+        log.client = client_key(scope, p.trust_proxy_header, caller.client_id, p.ipv6_prefix)
         admission = await self.limiter.admit(log.client, request)
         try:
-            await self._stream(
-                exchange,
-                log,
-                settings,
-                client,
-                api_key,
-                upstream_request,
-                fmt,
-                [id_header, *admission.headers],
-                started,
-            )
+            async with self.limiter.holding(admission):
+                await self._stream(
+                    exchange,
+                    log,
+                    settings,
+                    client,
+                    api_key,
+                    upstream_request,
+                    fmt,
+                    [id_header, *admission.headers],
+                    started,
+                )
         finally:
             # The response starts only once the upstream accepted the request (it may charge).
             log.tokens_charged = await self.limiter.finish(
-                admission, opened=exchange.started, usage=log.usage, events=log.events
+                admission,
+                opened=exchange.started,
+                usage=log.usage,
+                events=log.events,
+                unknown=exchange.stalled,
             )
 
     async def _stream(

@@ -7,14 +7,20 @@ are enforced in one place, ``lib/request.parse_request``, and the body cap in
 
 1. ``RATE_LIMIT``: a fixed-window request counter per client (``count`` per ``period``).
 2. ``MAX_CONCURRENT_STREAMS`` per client and ``GLOBAL_MAX_CONCURRENT_STREAMS`` for all: leases
-   taken before the upstream call and released in a ``finally`` (errors and hang-ups included);
-   a lease expires after the function's longest possible life, so a crashed instance's
-   lease cannot block a client for good.
-3. ``TOKEN_BUDGET``: before calling upstream, reserve ``max_tokens`` plus an estimate of the
-   prompt (characters / 4); check and add are one atomic step, so N concurrent requests cannot
-   overspend. Afterwards settle to the usage the upstream reported, or, when the stream was cut
-   before the usage chunk, to the prompt estimate plus one token per relayed event (OpenAI sends
-   about one token per event); nothing when the upstream never accepted the request.
+   taken before the upstream call, renewed every third of ``STREAM_LEASE_SECONDS`` while the
+   stream lives (:meth:`Limiter.holding`), and released in a ``finally`` (errors and hang-ups
+   included). A release the store did not confirm is retried in the background until the lease
+   would have expired anyway, so a crashed instance's lease blocks nobody for long. An
+   ``acquire`` that timed out may still be applied by the store later: its lease is
+   *abandoned* (released behind a tombstone that makes the late acquire a no-op).
+3. ``TOKEN_BUDGET``: before calling upstream, reserve ``max_tokens`` plus an upper bound of the
+   prompt's tokens (its UTF-8 bytes, :func:`estimate_prompt_tokens`); check and add are one
+   atomic step, so N concurrent requests cannot overspend. Afterwards settle to the usage the
+   upstream reported, or, when the stream was cut before the usage chunk, to the same prompt
+   bound plus one token per relayed event (OpenAI sends about one token per event; the bound's
+   surplus over the real prompt covers the few tokens in flight when the caller hung up); the
+   whole reservation when the caller stopped reading (the upstream may have gone on
+   generating into the buffers); nothing when the upstream never accepted the request.
 
 When the store does not answer within ``STORE_TIMEOUT``: budgets fail *closed* (503, since
 spending without a ledger is what the budget exists to prevent); rate and stream limits fall
@@ -27,15 +33,17 @@ that resets in more than a minute), so SDKs do not triple the load with retries.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib.asgi import Scope, header
+from lib.asgi import Scope, joined_header
 from lib.config import Protection
 from lib.errors import BudgetExhausted, RateLimited, StoreUnavailable
 from lib.log import warn
@@ -43,48 +51,68 @@ from lib.request import GenerateRequest
 from lib.store import MemoryStore, RedisStore, Store, StoreError
 
 Headers = list[tuple[bytes, bytes]]
-DEFAULT_LEASE_TTL = 900.0
+DEFAULT_LONGEST_STREAM = 900.0  # when no maxDuration is known: how late a settle may land
 LEASE_MARGIN = 60.0
+RETRY_FIRST_DELAY = 0.05
+RETRY_MAX_DELAY = 2.0
 NO_RETRY_AFTER = 60  # the openai SDKs only wait out a Retry-After of up to 60 s
 STORE_RETRY_AFTER = 5
-CHARS_PER_TOKEN = 4
-TOKENS_PER_MESSAGE = 4
+TOKENS_PER_MESSAGE = 4  # OpenAI's chat format: 3 or 4 per message, plus 3 to prime the reply
+REPLY_PRIMING = 3
+DEFAULT_IPV6_PREFIX = 56
 
 
-def client_key(scope: Scope, trusted_header: str | None, client_id: str | None) -> str:
+def client_key(
+    scope: Scope,
+    trusted_header: str | None,
+    client_id: str | None,
+    ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
+) -> str:
     """The identity limits count against: the token's client id, else the caller's address.
 
     The address comes from ``trusted_header`` when set (on Vercel, ``x-vercel-forwarded-for``,
     which the edge overwrites), taking its right-most entry, the one the nearest trusted proxy
-    wrote; a left-most ``X-Forwarded-For`` entry is whatever the caller typed. Without a trusted
-    header it is the socket's peer address. IPv6 addresses count per /64, the block one
-    subscriber gets, so a caller cannot rotate through addresses to escape the limit.
+    wrote; a left-most ``X-Forwarded-For`` entry is whatever the caller typed. Repeated lines of
+    the header are joined first, so a proxy that adds its own line is still the right-most. An
+    entry that is not an address counts as one shared ``ip:unknown``, never as the peer: a
+    caller must not be able to choose between two identities. Without a trusted header it is
+    the socket's peer address. IPv6 addresses count per ``ipv6_prefix`` (``IPV6_PREFIX``, /56 by
+    default: the block a home or small-office subscriber is typically given), so a caller cannot
+    rotate through the addresses of its own allocation to escape a limit.
     """
     if client_id is not None:
         return client_id
-    raw: str | None = None
-    if trusted_header is not None:
-        value = header(scope, trusted_header.encode("latin-1"))
-        if value:
-            raw = value.rsplit(",", 1)[-1].strip()
-    if not raw:
+    raw = ""
+    value = None if trusted_header is None else joined_header(scope, trusted_header.encode())
+    if value is not None:
+        raw = value.rsplit(",", 1)[-1].strip()
+    else:
         peer = scope.get("client")
         raw = str(peer[0]) if peer else ""
     try:
         address = ipaddress.ip_address(raw.strip("[]"))
     except ValueError:
         return "ip:unknown"
-    if address.version == 6 and getattr(address, "ipv4_mapped", None) is None:
-        return f"ip:{ipaddress.ip_network(f'{address}/64', strict=False)}"
     mapped = getattr(address, "ipv4_mapped", None)
-    return f"ip:{mapped or address}"
+    if mapped is not None:
+        return f"ip:{mapped}"
+    if address.version == 6:
+        return f"ip:{ipaddress.ip_network(f'{address}/{ipv6_prefix}', strict=False)}"
+    return f"ip:{address}"
 
 
 def estimate_prompt_tokens(request: GenerateRequest) -> int:
-    """A cheap upper-ish estimate of the prompt's tokens (no tokenizer on the platform)."""
-    chars = len(request.prompt) if request.prompt is not None else 0
-    chars += sum(len(m["content"]) for m in request.messages)
-    return math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * max(1, len(request.messages))
+    """An upper bound on the prompt's tokens, without a tokenizer: its UTF-8 bytes, plus the
+    chat format's tokens per message and the reply's priming.
+
+    Byte-level BPE tokenizers (OpenAI's cl100k and o200k, and the Llama 3, Qwen and Mistral
+    families) never make a token of less than one byte, so no script or language can exceed it.
+    Characters / 4 undercounted CJK text about 4x (a burst spent 3.8x the budget). The cost is
+    a larger reservation for Latin text (about 4 bytes a token), settled to the reported usage.
+    """
+    size = len(request.prompt.encode("utf-8")) if request.prompt is not None else 0
+    size += sum(len(m["content"].encode("utf-8")) for m in request.messages)
+    return size + TOKENS_PER_MESSAGE * max(1, len(request.messages)) + REPLY_PRIMING
 
 
 def _seconds(value: float) -> int:
@@ -117,19 +145,29 @@ class Limiter:
         max_duration: float | None = None,
         store: Store | None = None,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.protection = protection
         self.clock = clock
         if store is None:
             url = protection.redis_url
             store = (
-                MemoryStore() if url is None else RedisStore(url, timeout=protection.store_timeout)
+                MemoryStore()
+                if url is None
+                else RedisStore(
+                    url,
+                    timeout=protection.store_timeout,
+                    max_connections=protection.store_max_connections,
+                )
             )
         self.store: Store = store
         self._local = MemoryStore()  # rate/stream limits while the shared store is unreachable
-        self.lease_ttl = (max_duration or DEFAULT_LEASE_TTL) + LEASE_MARGIN
+        self.lease_ttl = protection.stream_lease_seconds
+        self._longest = (max_duration or DEFAULT_LONGEST_STREAM) + LEASE_MARGIN
+        self._sleep = sleep
         self._policy = self._policy_header()
         self._warned_at: dict[str, float] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     def _warn(self, kind: str, message: str) -> None:
         """At most one warning of each kind a minute: an outage must not flood the logs."""
@@ -211,10 +249,21 @@ class Limiter:
         if not keys:
             return
         lease = uuid.uuid4().hex
+        names = [k for k, _ in keys]
         full: int | None
-        full, store = await self._fallback(
-            lambda s: s.acquire(keys, lease, self.lease_ttl, now), "the concurrent-stream limit"
-        )
+        try:
+            full, store = await self.store.acquire(keys, lease, self.lease_ttl, now), self.store
+        except StoreError as error:
+            # The call may still reach the store and be applied: abandon that lease there.
+            self._in_background(
+                lambda: self.store.abandon(names, lease, self.lease_ttl), "abandon a stream lease"
+            )
+            self._warn(
+                "the concurrent-stream limit",
+                f"The limit store is unreachable ({error}); the concurrent-stream limit falls "
+                "back to this instance's memory.",
+            )
+            full, store = await self._local.acquire(keys, lease, self.lease_ttl, now), self._local
         if full is not None:
             whose = "this client's" if keys[full][0] != "streams:*" else "the service's"
             raise RateLimited(
@@ -222,11 +271,42 @@ class Limiter:
                 "streams. Try again when one has finished.",
                 headers=self._headers_429(admission.headers, 1, False),
             )
-        admission.lease, admission.lease_keys, admission.lease_store = (
-            lease,
-            [k for k, _ in keys],
-            store,
-        )
+        admission.lease, admission.lease_keys, admission.lease_store = lease, names, store
+
+    @contextlib.asynccontextmanager
+    async def holding(self, admission: Admission) -> AsyncIterator[None]:
+        """Renew the admission's stream lease every third of its lifetime while the body runs,
+        so the lease lives exactly as long as the stream (and no longer, if the instance dies)."""
+        if admission.lease is None:
+            yield
+            return
+        renewer = asyncio.create_task(self._renew_forever(admission))
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _renew_forever(self, admission: Admission) -> None:
+        while True:
+            await self._sleep(self.lease_ttl / 3)
+            await self.renew(admission)
+
+    async def renew(self, admission: Admission) -> bool:
+        """Push the lease's expiry one lifetime ahead; False if the store no longer held it (it
+        expired while the store was unreachable) or did not answer."""
+        lease, store = admission.lease, admission.lease_store
+        if lease is None or store is None:
+            return False
+        try:
+            held = await store.renew(admission.lease_keys, lease, self.lease_ttl, self.clock())
+        except StoreError as error:
+            self._warn("renew", f"Could not renew a stream lease ({error}); will try again.")
+            return False
+        if not held:
+            self._warn("renew", "A stream lease expired while its stream was still open.")
+        return held
 
     async def _reserve(self, admission: Admission, request: GenerateRequest, now: float) -> None:
         budget = self.protection.token_budget
@@ -234,7 +314,7 @@ class Limiter:
             return
         start = math.floor(now / budget.period) * budget.period
         key = f"budget:{admission.client}:{int(start)}"
-        ttl = start + budget.period - now + LEASE_MARGIN + self.lease_ttl  # settles land late
+        ttl = start + budget.period - now + self._longest  # settles land late
         estimate = estimate_prompt_tokens(request)
         amount = estimate + request.max_tokens
         try:
@@ -274,9 +354,17 @@ class Limiter:
         return extra
 
     async def finish(
-        self, admission: Admission, *, opened: bool, usage: dict[str, Any] | None, events: int
+        self,
+        admission: Admission,
+        *,
+        opened: bool,
+        usage: dict[str, Any] | None,
+        events: int,
+        unknown: bool = False,
     ) -> int | None:
-        """Release the lease and settle the budget; the tokens charged (None without budget)."""
+        """Release the lease and settle the budget; the tokens charged (None without budget).
+        ``unknown``: how much the upstream generated cannot be told (the caller stopped reading
+        while the upstream went on), so the whole reservation is charged."""
         await self._release(admission)
         if admission.budget_key is None:
             return None
@@ -285,6 +373,8 @@ class Limiter:
             charged = 0
         elif isinstance(total, int) and not isinstance(total, bool) and total >= 0:
             charged = total
+        elif unknown:
+            charged = admission.reserved
         else:
             charged = admission.prompt_estimate + min(admission.max_tokens, events)
         try:
@@ -303,10 +393,42 @@ class Limiter:
         lease, store, admission.lease = admission.lease, admission.lease_store, None
         if lease is None or store is None:
             return
+        keys = admission.lease_keys
         try:
-            await store.release(admission.lease_keys, lease)
+            await store.release(keys, lease)
         except StoreError as error:
-            self._warn("release", f"Could not release a stream lease ({error}); it will expire.")
+            self._warn("release", f"Could not release a stream lease ({error}); retrying.")
+            self._in_background(lambda: store.release(keys, lease), "release a stream lease")
+
+    def _in_background(self, operation: Callable[[], Awaitable[None]], what: str) -> None:
+        """Retry an idempotent store call with backoff until it succeeds or the lease it is
+        about has expired on its own (a lease lives ``lease_ttl`` past its last renewal)."""
+        task = asyncio.create_task(self._retry(operation, what))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _retry(self, operation: Callable[[], Awaitable[None]], what: str) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.lease_ttl
+        delay = RETRY_FIRST_DELAY
+        while True:
+            try:
+                await operation()
+                return
+            except StoreError as error:
+                if loop.time() + delay >= give_up:
+                    self._warn(what, f"Could not {what} ({error}); it expires on its own.")
+                    return
+            await self._sleep(delay)
+            delay = min(RETRY_MAX_DELAY, delay * 2)
+
+    async def drain(self) -> None:
+        """Wait for the background retries (tests, and shutdown)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.store.close()

@@ -31,7 +31,7 @@ from lib.errors import (
     redact,
 )
 from lib.formats import Format
-from lib.log import RequestLog
+from lib.log import RequestLog, warn
 from lib.repetition import RepetitionDetector
 from lib.sse import Event, SSEDecoder
 from lib.upstream import UpstreamStream
@@ -91,6 +91,13 @@ async def relay(
         loops = RepetitionDetector(settings.repetition_window, settings.repetition_max_period)
     outcome = _Outcome(loops)
     template = _ContentTemplate()
+    # Every write is bounded too: a caller that stops reading cannot hold the stream past the
+    # write-stall timeout, the deadline or MAX_STREAM_SECONDS (lib/asgi.Exchange.bound_writes).
+    longest = settings.max_stream_seconds
+    until = None if longest is None else loop.time() + longest
+    if cut_at is not None:
+        until = cut_at if until is None else min(until, cut_at)
+    exchange.bound_writes(settings.write_timeout, until)
     try:
         await exchange.start(200, [*fmt.headers, *headers])
         opening = fmt.open()
@@ -121,7 +128,7 @@ async def relay(
     finally:
         log.events = outcome.events
         log.finish_reason = outcome.finish_reason
-        log.usage = outcome.usage
+        log.usage = usage_counts(outcome.usage)
         if outcome.done:
             stream.release()
         else:
@@ -186,9 +193,18 @@ async def _pump(
         last_data = loop.time()
         if log.first_upstream_byte_ms is None:
             log.first_upstream_byte_ms = round((last_data - started) * 1000, 2)
-        out, failure = _translate_events(
-            decoder.feed(chunk), fmt, outcome, settings.openai_api_key, template
-        )
+        try:
+            out, failure = _translate_events(
+                decoder.feed(chunk), fmt, outcome, settings.openai_api_key, template
+            )
+        except _MALFORMED as exc:
+            # A shape the checks in _translate_events (_wrong_shape, the parser's recursion
+            # limit) did not foresee: still the upstream's fault, still an in-band error, never
+            # a traceback. The events of this read are not sent.
+            warn("An upstream event had an unexpected shape.", error=type(exc).__name__)
+            raise UpstreamProtocolError(
+                "The upstream sent an event of a shape the protocol does not allow."
+            ) from None
         if out:
             await exchange.write(out)
             last_write = loop.time()
@@ -201,6 +217,66 @@ async def _pump(
     if not outcome.done and outcome.finish_reason is None:
         raise UpstreamTruncated("The upstream stream ended before the answer was complete.")
     outcome.done = True
+
+
+_MALFORMED = (RecursionError, AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
+def _wrong_shape(chunk: dict[str, Any]) -> str | None:
+    """What is wrong with a parsed chunk's shape, in the fields the formats read (the chat and
+    completion chunk schemas), or None. Only parsed chunks come here: the fast path's chunks
+    have the shape of one that passed."""
+    choices = chunk.get("choices")
+    if choices is not None:
+        if not isinstance(choices, list):
+            return "whose choices is not a list"
+        for choice in choices:
+            if not isinstance(choice, dict):
+                return "with a choice that is not an object"
+            delta = choice.get("delta")
+            if delta is not None and not isinstance(delta, dict):
+                return "whose delta is not an object"
+            text = choice.get("text") if delta is None else delta.get("content")
+            if text is not None and not isinstance(text, str):
+                return "whose text is not a string"
+            reason = choice.get("finish_reason")
+            if reason is not None and not isinstance(reason, str):
+                return "whose finish_reason is not a string"
+    usage = chunk.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        return "whose usage is not an object"
+    return None
+
+
+def usage_counts(usage: Any) -> dict[str, Any] | None:
+    """The integer fields of an upstream ``usage`` object (and of its ``*_details`` objects),
+    nothing else: it is the upstream's text going into our log line, so a string (an echoed
+    key, say) or a deep structure must not get there."""
+    if not isinstance(usage, dict):
+        return None
+    counts: dict[str, Any] = {}
+    for name, value in usage.items():
+        if not _is_field_name(name):
+            continue
+        if _is_count(value):
+            counts[name] = value
+        elif isinstance(value, dict):
+            inner = {k: v for k, v in value.items() if _is_field_name(k) and _is_count(v)}
+            if inner:
+                counts[name] = inner
+    return counts
+
+
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _is_field_name(name: Any) -> bool:
+    """A name like OpenAI's (``prompt_tokens``): names are upstream text too."""
+    return isinstance(name, str) and _FIELD_NAME.fullmatch(name) is not None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _translate_events(
@@ -239,10 +315,17 @@ def _translate_events(
             return b"".join(parts), UpstreamProtocolError(
                 "The upstream sent an event that is not valid JSON."
             )
+        except RecursionError:  # the C parser's recursion limit: hostile nesting
+            return b"".join(parts), UpstreamProtocolError(
+                "The upstream sent an event nested too deeply to read."
+            )
         if not isinstance(chunk, dict):
             return b"".join(parts), UpstreamProtocolError(
                 "The upstream sent an event that is not a JSON object."
             )
+        wrong = _wrong_shape(chunk)
+        if wrong is not None:
+            return b"".join(parts), UpstreamProtocolError(f"The upstream sent an event {wrong}.")
         if "error" in chunk:
             return b"".join(parts), UpstreamStreamError(_upstream_message(chunk["error"], secret))
         choices = chunk.get("choices")

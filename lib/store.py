@@ -4,16 +4,23 @@ Three atomic primitives are all the limits need, each one step that cannot inter
 another instance's:
 
 - ``count``: add one hit to a fixed-window counter that expires with its window;
-- ``acquire``/``release``: a lease in a bounded set (concurrent streams). Leases carry an expiry,
-  so a lease held by an instance that died is dropped after ``ttl`` instead of blocking forever;
+- ``acquire``/``renew``/``release``: a lease in a bounded set (concurrent streams). Leases carry
+  a short expiry that the holder renews while its stream lives, so a lease held by an instance
+  that died is dropped after ``ttl`` instead of blocking anyone for long. ``abandon`` settles a
+  lease whose ``acquire`` timed out: it may still be applied, so it leaves a tombstone that
+  makes a late ``acquire`` of the same lease a no-op (no ghost lease, whatever the order);
 - ``reserve``/``adjust``: add to a budget counter only if it stays within the limit (the
   check and the add are one step, so concurrent requests cannot overspend), then settle.
 
 Redis does each in one Lua script (atomic on the server; works on Upstash and Vercel KV, which
-speak the protocol and run scripts). Every Redis call has a short timeout and no retries: a
-store that does not answer in time raises :class:`StoreError`, and the caller (``lib/limits.py``)
-applies the documented policy. The ``redis`` package is imported only when ``REDIS_URL`` is set.
-Times are wall-clock seconds passed in by the caller, so tests inject the clock.
+speak the protocol and run scripts). Connections come from a bounded pool that *waits* for a
+free connection instead of failing when all are busy (redis-py's default pool raises at once,
+which turned a burst into spurious 503s and fallbacks). Every Redis call, the wait for a
+connection included, has one short timeout and no retries (but one on a fresh connection when
+the store closed the pooled one): a store that does not answer in time raises
+:class:`StoreError`, and the caller (``lib/limits.py``) applies the documented policy. The
+``redis`` package is imported only when ``REDIS_URL`` is set. Times are wall-clock seconds
+passed in by the caller, so tests inject the clock.
 """
 
 from __future__ import annotations
@@ -47,7 +54,17 @@ class Store(Protocol):
         first full one (and nothing is added)."""
         ...
 
+    async def renew(self, keys: list[str], lease: str, ttl: float, now: float) -> bool:
+        """Push ``lease``'s expiry to ``now + ttl`` in every set that still holds it (never
+        re-adds it: a late renewal must not resurrect a released lease); whether all held it."""
+        ...
+
     async def release(self, keys: list[str], lease: str) -> None: ...
+
+    async def abandon(self, keys: list[str], lease: str, ttl: float) -> None:
+        """Release a lease whose ``acquire`` may or may not have been applied, and make any
+        later ``acquire`` of it a no-op for ``ttl``."""
+        ...
 
     async def reserve(self, key: str, amount: int, limit: int, ttl: float, now: float) -> int:
         """Add ``amount`` if the total stays within ``limit``; the total before (a total plus
@@ -114,9 +131,22 @@ class MemoryStore:
             self._leases[key][lease] = now + ttl
         return None
 
+    async def renew(self, keys: list[str], lease: str, ttl: float, now: float) -> bool:
+        held = True
+        for key in keys:
+            leases = self._leases.get(key, {})
+            if lease in leases:
+                leases[lease] = now + ttl
+            else:
+                held = False
+        return held
+
     async def release(self, keys: list[str], lease: str) -> None:
         for key in keys:
             self._leases.get(key, {}).pop(lease, None)
+
+    async def abandon(self, keys: list[str], lease: str, ttl: float) -> None:
+        await self.release(keys, lease)  # nothing here is ever in flight: no tombstone needed
 
     async def reserve(self, key: str, amount: int, limit: int, ttl: float, now: float) -> int:
         self._sweep(now)
@@ -141,16 +171,45 @@ if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return n
 """
 
-# KEYS: lease sets; ARGV: lease, now, expiry score, ttl ms, then one limit per key.
+# KEYS[1]: the lease's tombstone, then the lease sets; ARGV: lease, now, expiry score, ttl ms,
+# then one limit per set. Returns 0 (taken), the 1-based index of the first full set, or -1
+# (tombstoned: its caller gave up on this call and abandoned the lease).
 _ACQUIRE = """
-for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[2])
-  if redis.call('ZCARD', key) >= tonumber(ARGV[4 + i]) then return i end
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+for i = 2, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[2])
+  if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[3 + i]) then return i - 1 end
 end
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, ARGV[3], ARGV[1])
-  redis.call('PEXPIRE', key, ARGV[4])
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], ARGV[3], ARGV[1])
+  redis.call('PEXPIRE', KEYS[i], ARGV[4])
 end
+return 0
+"""
+
+# KEYS: lease sets; ARGV: lease, expiry score, ttl ms. XX: only a lease still held is renewed.
+_RENEW = """
+local held = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('ZSCORE', key, ARGV[1]) then
+    redis.call('ZADD', key, 'XX', ARGV[2], ARGV[1])
+    redis.call('PEXPIRE', key, ARGV[3])
+    held = held + 1
+  end
+end
+return held
+"""
+
+# KEYS: lease sets; ARGV: lease.
+_RELEASE = """
+for i, key in ipairs(KEYS) do redis.call('ZREM', key, ARGV[1]) end
+return 0
+"""
+
+# KEYS[1]: the lease's tombstone, then the lease sets; ARGV: lease, tombstone ttl ms.
+_ABANDON = """
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+for i = 2, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 return 0
 """
 
@@ -177,12 +236,18 @@ def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
+DEFAULT_MAX_CONNECTIONS = 20
+
+
 class RedisStore:
     """Counters shared by every instance, in Redis (or Upstash, or Vercel KV)."""
 
-    def __init__(self, url: str, *, timeout: float) -> None:
+    def __init__(
+        self, url: str, *, timeout: float, max_connections: int = DEFAULT_MAX_CONNECTIONS
+    ) -> None:
         self._url = url
         self._timeout = timeout
+        self._max_connections = max_connections
         self._client: Redis | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -194,14 +259,23 @@ class RedisStore:
             import redis.asyncio
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
+            from redis.exceptions import ConnectionError as LostConnection
 
-            self._client = redis.asyncio.Redis.from_url(
+            # Bounded, and waiting for a free connection (up to the store timeout) when all
+            # are busy: a burst queues for a few milliseconds instead of failing.
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
                 self._url,
+                max_connections=self._max_connections,
+                timeout=self._timeout,
                 socket_timeout=self._timeout,
                 socket_connect_timeout=self._timeout,
-                retry=Retry(NoBackoff(), 0),  # no retries: the caller's policy decides
+                # One retry, on a fresh connection, when the store closed the pooled one (a
+                # restart, a failover, an idle connection the provider dropped). Never after a
+                # timeout: that call may have been applied, and the caller's policy decides.
+                retry=Retry(NoBackoff(), 1, supported_errors=(LostConnection,)),
                 health_check_interval=30,
             )
+            self._client = redis.asyncio.Redis.from_pool(pool)  # closing it closes the pool
             self._loop = loop
         return self._client
 
@@ -228,22 +302,22 @@ class RedisStore:
     async def acquire(
         self, keys: list[tuple[str, int]], lease: str, ttl: float, now: float
     ) -> int | None:
-        names = [KEY_PREFIX + key for key, _ in keys]
+        names = [_tombstone(lease), *(KEY_PREFIX + key for key, _ in keys)]
         args = [lease, repr(now), repr(now + ttl), _ms(ttl), *(limit for _, limit in keys)]
         full = int(await self._eval(_ACQUIRE, names, args))
-        return None if full == 0 else full - 1
+        return None if full == 0 else max(0, full - 1)
+
+    async def renew(self, keys: list[str], lease: str, ttl: float, now: float) -> bool:
+        names = [KEY_PREFIX + key for key in keys]
+        held = int(await self._eval(_RENEW, names, [lease, repr(now + ttl), _ms(ttl)]))
+        return held == len(keys)
 
     async def release(self, keys: list[str], lease: str) -> None:
-        from redis.exceptions import RedisError
+        await self._eval(_RELEASE, [KEY_PREFIX + key for key in keys], [lease])
 
-        client = self._redis()
-        try:
-            async with asyncio.timeout(self._timeout), client.pipeline(transaction=True) as pipe:
-                for key in keys:
-                    pipe.zrem(KEY_PREFIX + key, lease)
-                await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreError(f"the Redis store did not answer ({type(exc).__name__})") from None
+    async def abandon(self, keys: list[str], lease: str, ttl: float) -> None:
+        names = [_tombstone(lease), *(KEY_PREFIX + key for key in keys)]
+        await self._eval(_ABANDON, names, [lease, _ms(ttl)])
 
     async def reserve(self, key: str, amount: int, limit: int, ttl: float, now: float) -> int:
         return int(await self._eval(_RESERVE, [KEY_PREFIX + key], [amount, limit, _ms(ttl)]))
@@ -256,6 +330,10 @@ class RedisStore:
         if client is not None:
             with contextlib.suppress(Exception):  # closing a link to a dead store is not news
                 await client.aclose()
+
+
+def _tombstone(lease: str) -> str:
+    return f"{KEY_PREFIX}abandoned:{lease}"
 
 
 _SHAS: dict[str, str] = {}

@@ -34,11 +34,15 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed; run `make deps-redis` (or `make test`)")
+        self.binary = binary
         self.port = _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._start()
+
+    def _start(self) -> None:
         self.process = subprocess.Popen(  # noqa: S603 - a fixed argument list, no shell
             [
-                binary,
+                self.binary,
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--save", "",
@@ -59,6 +63,11 @@ class RedisServer:
                     self.stop()
                     pytest.fail(f"redis-server did not start on port {self.port}")
                 time.sleep(0.01)  # polling a starting process, not hoping for timing
+
+    def restart(self) -> None:
+        """Kill the server and start a new, empty one on the same port (no persistence)."""
+        self.stop()
+        self._start()
 
     def stored_keys(self) -> list[str]:
         return sorted(k.decode() for k in self.client.keys(KEY_PREFIX + "*"))

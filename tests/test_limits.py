@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from lib.config import Rate, load_protection
+from lib.config import Rate, SettingsError, load_protection, load_settings
 from lib.errors import BudgetExhausted, RateLimited
 from lib.limits import Limiter, client_key, estimate_prompt_tokens
 from lib.request import GenerateRequest
@@ -128,8 +128,8 @@ async def test_a_cut_stream_is_charged_an_estimate_and_a_refused_one_nothing(sto
 
 
 async def test_concurrent_reservations_cannot_overspend(store: Store) -> None:
-    limits = limiter(store, Clock(), TOKEN_BUDGET="350/day")  # three of 105 tokens fit
-    assert estimate_prompt_tokens(prompt()) + 100 == 105
+    limits = limiter(store, Clock(), TOKEN_BUDGET="350/day")  # three of 109 tokens fit
+    assert estimate_prompt_tokens(prompt()) + 100 == 109
     results = await asyncio.gather(
         *(limits.admit("a", prompt()) for _ in range(12)), return_exceptions=True
     )
@@ -161,7 +161,10 @@ def test_rates_parse_like_the_readme_says() -> None:
          "ip:198.51.100.7"),
         # No trusted header configured: the socket peer, whatever the headers claim.
         ({"x-forwarded-for": "6.6.6.6"}, "192.0.2.1", None, "ip:192.0.2.1"),
-        ({}, "2001:db8:1:2:3:4:5:6", None, "ip:2001:db8:1:2::/64"),
+        # IPv6 counts per /56: every /64 of one subscriber's block is one client.
+        ({}, "2001:db8:1:2:3:4:5:6", None, "ip:2001:db8:1::/56"),
+        ({}, "2001:db8:1:ff:3:4:5:6", None, "ip:2001:db8:1::/56"),
+        ({}, "::ffff:192.0.2.1", None, "ip:192.0.2.1"),
         ({"x-vercel-forwarded-for": "not an ip"}, "192.0.2.1", "x-vercel-forwarded-for",
          "ip:unknown"),
     ],
@@ -177,7 +180,53 @@ def test_client_address_comes_only_from_what_is_trusted(
     assert client_key(scope, trusted, "user:42") == "user:42"
 
 
+def test_repeated_header_lines_are_joined_before_the_right_most_entry_is_taken() -> None:
+    # The caller's own line first, the proxy's appended line last: the proxy's entry counts.
+    scope = {
+        "headers": [(b"x-forwarded-for", b"6.6.6.6"), (b"x-forwarded-for", b"198.51.100.7")],
+        "client": ("10.0.0.1", 4711),
+    }
+    assert client_key(scope, "x-forwarded-for", None) == "ip:198.51.100.7"
+    rotated = {**scope, "headers": [(b"x-forwarded-for", b"7.7.7.7"), *scope["headers"][1:]]}
+    assert client_key(rotated, "x-forwarded-for", None) == "ip:198.51.100.7"
+
+
+def test_the_ipv6_prefix_is_a_setting() -> None:
+    assert load_protection({}).ipv6_prefix == 56
+    assert load_protection({"IPV6_PREFIX": "48"}).ipv6_prefix == 48
+    scope = {"headers": [], "client": ("2001:db8:1:2:3:4:5:6", 1)}
+    assert client_key(scope, None, None, 48) == "ip:2001:db8:1::/48"
+    assert client_key(scope, None, None, 128) == "ip:2001:db8:1:2:3:4:5:6/128"
+
+
 def test_vercel_is_detected_for_the_trusted_header() -> None:
     assert load_protection({"VERCEL": "1"}).trust_proxy_header == "x-vercel-forwarded-for"
     assert load_protection({}).trust_proxy_header is None
     assert load_protection({"VERCEL": "1", "TRUST_PROXY_HEADER": "none"}).trust_proxy_header is None
+
+
+def test_the_stream_and_connection_settings_parse_and_name_bad_values() -> None:
+    settings = load_settings({})
+    assert (settings.write_timeout, settings.body_read_timeout) == (30.0, 15.0)
+    p = settings.protection
+    assert (p.store_max_connections, p.stream_lease_seconds, p.ipv6_prefix) == (20, 30.0, 56)
+    env = {
+        "CLIENT_WRITE_TIMEOUT": "2.5",
+        "BODY_READ_TIMEOUT": "5",
+        "STORE_MAX_CONNECTIONS": "50",
+        "STREAM_LEASE_SECONDS": "60",
+        "IPV6_PREFIX": "64",
+    }
+    custom = load_settings(env)
+    assert (custom.write_timeout, custom.body_read_timeout) == (2.5, 5.0)
+    q = custom.protection
+    assert (q.store_max_connections, q.stream_lease_seconds, q.ipv6_prefix) == (50, 60.0, 64)
+    for name, bad in [
+        ("CLIENT_WRITE_TIMEOUT", "0"),
+        ("BODY_READ_TIMEOUT", "-1"),
+        ("STORE_MAX_CONNECTIONS", "0"),
+        ("STREAM_LEASE_SECONDS", "1"),
+        ("IPV6_PREFIX", "8"),
+    ]:
+        with pytest.raises(SettingsError, match=name):
+            load_settings({name: bad})

@@ -262,6 +262,34 @@ async def test_max_duration_becomes_the_runtime_deadline_and_clients_cannot_set_
 
 
 @module_loop
+async def test_a_caller_cannot_choose_its_address_with_x_forwarded_for(
+    small: tuple[str, list[str]], http: aiohttp.ClientSession
+) -> None:
+    """uvicorn trusts X-Forwarded-For from 127.0.0.1 by default; the local server does not, so
+    a caller behind any same-host tunnel cannot rotate the header to escape RATE_LIMIT."""
+    for spoofed in ("6.6.6.6", "7.7.7.7"):
+        seen, _ = await probe(http, small[0] + "/api/probe", headers={"X-Forwarded-For": spoofed})
+        assert seen["headers"]["x-vercel-forwarded-for"] == "127.0.0.1"
+        assert seen["headers"]["x-real-ip"] == "127.0.0.1"
+        assert seen["headers"]["x-forwarded-for"] == f"{spoofed}, 127.0.0.1"
+
+
+@module_loop
+async def test_a_proxy_the_operator_names_is_trusted_and_slow_headers_are_cut(
+    project: Path, http: aiohttp.ClientSession
+) -> None:
+    args = ["--root", str(project), "--forwarded-allow-ips", "127.0.0.1", "--header-timeout", "0.2"]
+    with serve_process(args, {"OPENAI_API_KEY": CANARY_KEY}) as (url, _, _):
+        seen, _ = await probe(http, url + "/api/probe", headers={"X-Forwarded-For": "6.6.6.6"})
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /api/probe HTTP/1.1\r\nHost: x\r\n")  # never finished
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+        writer.close()
+    assert seen["headers"]["x-vercel-forwarded-for"] == "6.6.6.6"
+
+
+@module_loop
 async def test_a_function_silent_at_max_duration_gets_504(
     small: tuple[str, list[str]], http: aiohttp.ClientSession
 ) -> None:
