@@ -28,13 +28,13 @@ from lib.errors import APIError, ConfigurationError, DeadlineExceeded, MethodNot
 from lib.formats import Format
 from lib.limits import Limiter, client_key
 from lib.log import RequestLog, emit, logger, warn
-from lib.negotiate import choose_format, requested_format
+from lib.negotiate import check_fit, choose_format, requested_format, v1_semantics
 from lib.relay import BreakConnection, quiet_broken_connections, relay
 from lib.request import (
     UpstreamRequest,
+    body_limit,
     build_upstream_request,
-    parse_json_object,
-    parse_request,
+    parse_body,
 )
 from lib.resilience import open_upstream
 from lib.upstream import UpstreamClient
@@ -141,10 +141,11 @@ class GenerateHandler:
         query = scope.get("query_string", b"")
         requested_format(query)  # a bad format parameter is a 400 before the body is read
         check_json_content_type(exchange.scope)
-        body = parse_json_object(await exchange.read_body(settings.max_body_bytes))
-        request = parse_request(body, settings)
+        raw = await exchange.read_body(body_limit(settings))
+        request = parse_body(raw, settings, stream_default=not v1_semantics(query))
         accept = header(exchange.scope, b"accept")
         fmt = choose_format(query, request, accept, settings.default_format)
+        check_fit(request, fmt.name)
         log.shape, log.format, log.model = request.shape, fmt.name, request.model
         if settings.log_prompts:
             log.prompt = request.text_for_log()

@@ -39,7 +39,7 @@ from lib.asgi import Scope, header
 from lib.config import Protection
 from lib.errors import BudgetExhausted, RateLimited, StoreUnavailable
 from lib.log import warn
-from lib.request import GenerateRequest
+from lib.request import GenerateRequest, image_token_allowance
 from lib.store import MemoryStore, RedisStore, Store, StoreError
 
 Headers = list[tuple[bytes, bytes]]
@@ -83,8 +83,12 @@ def client_key(scope: Scope, trusted_header: str | None, client_id: str | None) 
 def estimate_prompt_tokens(request: GenerateRequest) -> int:
     """A cheap upper-ish estimate of the prompt's tokens (no tokenizer on the platform)."""
     chars = len(request.prompt) if request.prompt is not None else 0
-    chars += sum(len(m["content"]) for m in request.messages)
-    return math.ceil(chars / CHARS_PER_TOKEN) + TOKENS_PER_MESSAGE * max(1, len(request.messages))
+    chars += request.message_chars
+    return (
+        math.ceil(chars / CHARS_PER_TOKEN)
+        + TOKENS_PER_MESSAGE * max(1, len(request.messages))
+        + image_token_allowance(request)
+    )
 
 
 def _seconds(value: float) -> int:

@@ -36,6 +36,33 @@ def requested_format(query_string: bytes) -> str | None:
     return values[0]
 
 
+def v1_semantics(query_string: bytes) -> bool:
+    """True for the OpenAI-compatible paths: vercel.json's ``/api/v1/*`` rewrites add
+    ``api=v1``, and there the OpenAI API's rules hold (no ``stream`` means one JSON object)."""
+    query = query_string.decode("latin-1")
+    return ("api", "v1") in parse_qsl(query, keep_blank_values=True)
+
+
+def check_fit(request: GenerateRequest, name: str) -> None:
+    """Refuse what the chosen format cannot carry, rather than drop it (a 400 naming it)."""
+    if name == "openai":
+        return
+    if not request.stream:
+        raise RequestError(
+            f"The {name} format only streams; leave stream out or send stream: true.",
+            param="stream",
+        )
+    if name == "text" and request.has_tools:
+        raise RequestError(
+            "The text format cannot carry a tool call; use the ui or openai format for tools.",
+            param="tools",
+        )
+    if request.options.get("logprobs"):
+        raise RequestError(
+            f"The {name} format cannot carry logprobs; use the openai format.", param="logprobs"
+        )
+
+
 def _quality(accept: str, media_type: str) -> float:
     """The q-value ``accept`` gives exactly ``media_type`` (0 when it is not listed)."""
     for item in accept.split(","):
