@@ -24,6 +24,22 @@ is sent raw (UTF-8), as OpenAI sends it, so a character can straddle two writes.
 ``"stream": true``, gets a 400 in OpenAI's error shape. Any ``Authorization`` header (or none)
 is accepted and recorded.
 
+Beyond text, as the real APIs stream it (chat endpoint only):
+
+- **tools**: a request with ``tools`` whose last message is not a ``tool`` result gets a tool
+  call instead of text: a chunk with ``delta.tool_calls[0]`` carrying ``index``, ``id``,
+  ``type`` and ``function.name`` (``arguments: ""``), then the arguments in fragments, then
+  ``finish_reason: "tool_calls"``. The arguments fill the tool's JSON Schema with sample values
+  (``Scenario.tool_arguments`` overrides them). A request whose last message is a ``tool``
+  result gets a text reply that quotes it.
+- **reasoning**: with ``reasoning_effort`` (other than ``none``) or ``Scenario.reasoning``, a
+  thinking phase comes first, in ``delta.reasoning_content`` (DeepSeek, vLLM) or, with
+  ``Scenario.reasoning_key="reasoning"``, ``delta.reasoning`` (OpenRouter, Groq).
+- **images**: a last user message with ``image_url`` parts gets a reply that starts by saying
+  how many images it saw.
+- **structured output**: ``response_format`` ``json_schema`` gets a JSON document that fills
+  the schema with sample values; ``json_object`` gets ``{"answer": ...}``.
+
 Starting it under pytest: ``server = await aiohttp_server(demo.app)``, base URL
 ``str(server.make_url("/v1"))``. aiohttp 3.14's ``TestServer`` always turns on
 ``handler_cancellation``, which is what lets the server notice a client hanging up while it has
@@ -133,6 +149,9 @@ class Scenario:
     huge_line_bytes: int = 0
     gate: asyncio.Event | None = None
     gate_after: int = 1
+    reasoning: str | None = None
+    reasoning_key: Literal["reasoning_content", "reasoning"] = "reasoning_content"
+    tool_arguments: str | None = None
 
 
 @dataclass
@@ -184,6 +203,17 @@ class _Chunks:
 
     def content(self, text: str) -> dict[str, Any]:
         return self._envelope([self._choice(text, None)])
+
+    def delta(self, delta: dict[str, Any]) -> dict[str, Any]:
+        return self._envelope([{"index": 0, "delta": delta, "finish_reason": None}])
+
+    def tool_start(self, call_id: str, name: str) -> dict[str, Any]:
+        function = {"name": name, "arguments": ""}
+        call = {"index": 0, "id": call_id, "type": "function", "function": function}
+        return self.delta({"tool_calls": [call]})
+
+    def tool_arguments(self, fragment: str) -> dict[str, Any]:
+        return self.delta({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]})
 
     def finish(self, reason: str) -> dict[str, Any]:
         return self._envelope([self._choice(None, reason)])
@@ -355,7 +385,8 @@ class DemoUpstream:
             model=model if isinstance(model, str) else MODELS[0],
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         )
-        text = self.reply if scenario.text is None else scenario.text
+        plan = _plan(payload, scenario, self.reply) if chat else _Plan(self.reply)
+        text = plan.text if scenario.text is None else scenario.text
         tokens = tokenize(text) if scenario.tokens is None else scenario.tokens
         prompt_tokens = len(tokenize(_prompt_text(payload)))
 
@@ -376,7 +407,7 @@ class DemoUpstream:
         await resp.prepare(request)  # sends the headers now: a StreamResponse does not hold them
         out = _EventWriter(resp, scenario, seen)
         try:
-            await self._stream(scenario, chunks, tokens, prompt_tokens, huge, out)
+            await self._stream(scenario, chunks, tokens, prompt_tokens, huge, out, plan)
         except ConnectionResetError:  # a write found the client gone
             seen.closed.set()
             return resp
@@ -394,6 +425,7 @@ class DemoUpstream:
         prompt_tokens: int,
         huge: tuple[str, int, str] | None,
         out: _EventWriter,
+        plan: _Plan,
     ) -> None:
         """Write the events up to the scenario's ending; a reset is left to the caller."""
         pace = self.pace if scenario.pace is None else scenario.pace
@@ -406,6 +438,20 @@ class DemoUpstream:
         if huge is not None:
             await out.send_huge(*huge)
             sent += 1
+        for piece in tokenize(plan.reasoning):
+            if pace > 0:
+                await asyncio.sleep(pace)
+            await out.send(chunks.delta({scenario.reasoning_key: piece}))
+            sent += 1
+        if plan.tool is not None:
+            name, arguments = plan.tool
+            await out.send(chunks.tool_start(f"call_{chunks.id}", name))
+            for piece in _fragments(arguments):
+                if pace > 0:
+                    await asyncio.sleep(pace)
+                await out.send(chunks.tool_arguments(piece))
+                sent += 1
+            tokens = []  # a tool call is the whole answer of this step
         count = len(tokens) if scenario.after is None else min(scenario.after, len(tokens))
         for i in range(count + 1):
             if scenario.gate is not None and i == scenario.gate_after:
@@ -419,7 +465,8 @@ class DemoUpstream:
             sent += 1
 
         if scenario.ending == "done":
-            await out.send(chunks.finish(scenario.finish_reason))
+            reason = "tool_calls" if plan.tool is not None else scenario.finish_reason
+            await out.send(chunks.finish(reason))
             if chunks.include_usage:
                 await out.send(chunks.usage(prompt_tokens, sent))
             await out.send("[DONE]")
@@ -467,6 +514,100 @@ def _prompt_text(payload: dict[str, Any]) -> str:
         return ""
     parts = [m.get("content") for m in messages if isinstance(m, dict)]
     return " ".join(p for p in parts if isinstance(p, str))
+
+
+@dataclass
+class _Plan:
+    """What one chat reply holds besides the scenario's faults: text, a thinking phase, a call."""
+
+    text: str
+    reasoning: str = ""
+    tool: tuple[str, str] | None = None  # (name, JSON arguments)
+
+
+REASONING = "The user wants an answer. I will think it through briefly, then reply."
+
+
+def _plan(payload: dict[str, Any], scenario: Scenario, reply: str) -> _Plan:
+    messages = payload.get("messages")
+    last: Any = messages[-1] if isinstance(messages, list) and messages else {}
+    last = last if isinstance(last, dict) else {}
+    plan = _Plan(reply)
+    effort = payload.get("reasoning_effort")
+    if scenario.reasoning is not None:
+        plan.reasoning = scenario.reasoning
+    elif isinstance(effort, str) and effort != "none":
+        plan.reasoning = REASONING
+    tools = payload.get("tools")
+    if last.get("role") == "tool":
+        plan.text = f"The tool answered: {last.get('content')}. That is my answer."
+    elif isinstance(tools, list) and tools and payload.get("tool_choice") != "none":
+        tool = _chosen_tool(tools, payload.get("tool_choice"))
+        if tool is not None:
+            name, parameters = tool
+            arguments = scenario.tool_arguments or _dumps(_sample(parameters))
+            plan.tool = (name, arguments)
+    fmt = payload.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = fmt.get("json_schema")
+        plan.text = _dumps(_sample(schema.get("schema") if isinstance(schema, dict) else None))
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        plan.text = _dumps({"answer": reply})
+    images = _image_count(last)
+    if images:
+        plan.text = f"I see {images} image{'s' if images > 1 else ''}. " + plan.text
+    return plan
+
+
+def _chosen_tool(tools: list[Any], choice: Any) -> tuple[str, Any] | None:
+    wanted = None
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        wanted = choice["function"].get("name")
+    for tool in tools:
+        function: Any = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            continue
+        if wanted is None or function["name"] == wanted:
+            return function["name"], function.get("parameters")
+    return None
+
+
+def _sample(schema: Any) -> Any:
+    """A value that satisfies a (simple) JSON Schema: what the demo model "decides"."""
+    if not isinstance(schema, dict):
+        return {}
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        properties = schema.get("properties")
+        if not isinstance(properties, dict):
+            return {}
+        return {key: _sample(value) for key, value in properties.items()}
+    if kind == "array":
+        return [_sample(schema.get("items"))]
+    if kind == "integer":
+        return 1
+    if kind == "number":
+        return 1.5
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return "Paris" if kind == "string" else {}
+
+
+def _fragments(text: str, size: int = 6) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def _image_count(message: dict[str, Any]) -> int:
+    content = message.get("content")
+    if message.get("role") != "user" or not isinstance(content, list):
+        return 0
+    return sum(1 for part in content if isinstance(part, dict) and part.get("type") == "image_url")
 
 
 def _huge(chunks: _Chunks, line_bytes: int) -> tuple[str, int, str]:
