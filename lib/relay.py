@@ -30,7 +30,7 @@ from lib.errors import (
     UpstreamTruncated,
     redact,
 )
-from lib.formats import Format
+from lib.formats import Format, WholeResponse
 from lib.log import RequestLog
 from lib.repetition import RepetitionDetector
 from lib.sse import Event, SSEDecoder
@@ -120,6 +120,51 @@ async def relay(
         await exchange.end(fmt.close())
     finally:
         log.events = outcome.events
+        log.finish_reason = outcome.finish_reason
+        log.usage = outcome.usage
+        if outcome.done:
+            stream.release()
+        else:
+            stream.close()
+
+
+async def relay_whole(
+    stream: UpstreamStream,
+    whole: WholeResponse,
+    exchange: Exchange,
+    log: RequestLog,
+    *,
+    settings: Settings,
+    headers: list[tuple[bytes, bytes]],
+    cut_at: float | None,
+    started: float,
+) -> None:
+    """Gather one accepted upstream stream into one JSON answer, under the same limits and
+    deadline as a stream; a failure on the way is raised (nothing has been sent yet)."""
+    loop = asyncio.get_running_loop()
+    decoder = SSEDecoder(settings.max_line_bytes)
+    loops = None
+    if settings.repetition_window:
+        loops = RepetitionDetector(settings.repetition_window, settings.repetition_max_period)
+    outcome = _Outcome(loops)
+    try:
+        await _pump(
+            stream,
+            whole,
+            exchange,
+            log,
+            decoder,
+            outcome,
+            _ContentTemplate(),
+            settings,
+            cut_at,
+            loop,
+            started,
+        )
+        outcome.events = whole.chunks
+        await exchange.respond(200, whole.close(), headers)
+    finally:
+        log.events = outcome.events or whole.chunks
         log.finish_reason = outcome.finish_reason
         log.usage = outcome.usage
         if outcome.done:

@@ -432,3 +432,47 @@ def test_settings_are_checked() -> None:
         with pytest.raises(SettingsError):
             load_settings(env)
     assert json.dumps(sorted(load_settings({}).image_url_schemes)) == '["data", "https"]'
+
+
+# --- non-streaming callers ----------------------------------------------------------------------
+
+
+async def test_stream_false_gets_one_json_object_and_no_stream_key_still_streams(
+    function: Function, demo: DemoUpstream, http: aiohttp.ClientSession
+) -> None:
+    """At /api/generate a body without ``stream`` streams (the browser helpers and the AI SDK
+    hooks never send it); ``stream: false`` gets the whole answer as one object."""
+    resp = await post(http, function.url, {"messages": [USER], "stream": False})
+    assert resp.headers["Content-Type"] == "application/json"
+    whole = await resp.json()
+    assert whole["object"] == "chat.completion"
+    assert whole["choices"][0]["message"]["content"] == demo.reply
+    assert whole["usage"]["completion_tokens"] > 0
+    resp = await post(http, function.url, {"prompt": "Hi", "stream": False})
+    whole = await resp.json()
+    assert whole["object"] == "text_completion"
+    assert whole["choices"][0]["text"] == demo.reply
+    resp = await post(http, function.url, {"prompt": "Hi"})
+    assert resp.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    await resp.read()
+
+
+async def test_stream_false_in_a_streaming_only_format_is_a_400(
+    function: Function, demo: DemoUpstream, http: aiohttp.ClientSession
+) -> None:
+    for query in ("?format=ui", "?format=text"):
+        error = await refused(http, function, demo, {"prompt": "Hi", "stream": False}, query)
+        assert error["param"] == "stream"
+
+
+async def test_non_streamed_answer_is_under_the_stream_limits(
+    make_function: MakeFunction, demo: DemoUpstream, http: aiohttp.ClientSession
+) -> None:
+    """A stalled upstream hits the idle limit as a stream would; the caller gets the status."""
+    from dev.demo_upstream import Scenario
+
+    function = await make_function(UPSTREAM_IDLE_TIMEOUT="0.2")
+    demo.push(Scenario(text="a b c", after=1, ending="stall"))
+    resp = await post(http, function.url, {"messages": [USER], "stream": False})
+    assert resp.status == 504
+    assert (await resp.json())["error"]["type"] == "upstream_timeout"
