@@ -70,7 +70,8 @@ class Exchange:
         """The whole body, or ``BodyTooLarge`` the moment it passes ``limit`` (the rest is
         never read: the server closes the connection after our answer)."""
         declared = header(self.scope, b"content-length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        size_text = (declared or "").strip()
+        if size_text.isascii() and size_text.isdigit() and int(size_text) > limit:
             raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
         parts: list[bytes] = []
         size = 0
