@@ -386,7 +386,9 @@ class DemoUpstream:
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         )
         plan = _plan(payload, scenario, self.reply) if chat else _Plan(self.reply)
-        text = plan.text if scenario.text is None else scenario.text
+        if not chat and scenario.text is not None:
+            plan.text = scenario.text
+        text = plan.text
         tokens = tokenize(text) if scenario.tokens is None else scenario.tokens
         prompt_tokens = len(tokenize(_prompt_text(payload)))
 
@@ -533,13 +535,14 @@ def _plan(payload: dict[str, Any], scenario: Scenario, reply: str) -> _Plan:
     last: Any = messages[-1] if isinstance(messages, list) and messages else {}
     last = last if isinstance(last, dict) else {}
     plan = _Plan(reply)
+    chosen = scenario.text is not None  # the scenario's text wins over the replies below
     effort = payload.get("reasoning_effort")
     if scenario.reasoning is not None:
         plan.reasoning = scenario.reasoning
     elif isinstance(effort, str) and effort != "none":
         plan.reasoning = REASONING
     tools = payload.get("tools")
-    if last.get("role") == "tool":
+    if last.get("role") == "tool" and not chosen:
         plan.text = f"The tool answered: {last.get('content')}. That is my answer."
     elif isinstance(tools, list) and tools and payload.get("tool_choice") != "none":
         tool = _chosen_tool(tools, payload.get("tool_choice"))
@@ -548,7 +551,9 @@ def _plan(payload: dict[str, Any], scenario: Scenario, reply: str) -> _Plan:
             arguments = scenario.tool_arguments or _dumps(_sample(parameters))
             plan.tool = (name, arguments)
     fmt = payload.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+    if chosen:
+        plan.text = scenario.text or ""
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         schema = fmt.get("json_schema")
         plan.text = _dumps(_sample(schema.get("schema") if isinstance(schema, dict) else None))
     elif isinstance(fmt, dict) and fmt.get("type") == "json_object":

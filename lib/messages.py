@@ -226,26 +226,22 @@ class _Builder:
         parts = item.get("parts")
         if not isinstance(parts, list):
             raise _refuse(f"{param}.parts must be a list.", f"{param}.parts")
-        texts: list[str] = []
-        images: list[dict[str, Any]] = []
+        content: list[dict[str, Any]] = []  # text and image parts, in the caller's order
         calls: list[Message] = []
         results: list[Message] = []
 
         def flush() -> None:
-            text = "".join(texts)
-            if images:
-                content: Any = ([{"type": "text", "text": text}] if text else []) + images
-            else:
-                content = text
+            text = "".join(p["text"] for p in content if p["type"] == "text")
             if calls:
                 self.out.messages.append(
                     {"role": "assistant", "content": text or None, "tool_calls": list(calls)}
                 )
                 self.out.messages.extend(results)
-            elif text or images:
-                self.out.messages.append({"role": role, "content": content})
-            texts.clear()
-            images.clear()
+            elif any(p["type"] == "image_url" for p in content):
+                self.out.messages.append({"role": role, "content": _merged(content)})
+            elif text:
+                self.out.messages.append({"role": role, "content": text})
+            content.clear()
             calls.clear()
             results.clear()
 
@@ -260,11 +256,11 @@ class _Builder:
                     flush()  # text after a tool call belongs to the next step
                 text = _string(part.get("text"), f"{where}.text")
                 self.out.text_chars += len(text)
-                texts.append(text)
+                content.append({"type": "text", "text": text})
             elif kind in UI_IGNORED_PARTS or kind.startswith("data-"):
                 continue
             elif kind == "file":
-                images.append(self._ui_file(part, role, where))
+                content.append(self._ui_file(part, role, where))
             elif role == "assistant" and (kind.startswith("tool-") or kind == "dynamic-tool"):
                 call, result = self._ui_tool(part, kind, where)
                 calls.append(call)
@@ -319,6 +315,17 @@ class _Builder:
             "function": {"name": name, "arguments": arguments},
         }
         return call, {"role": "tool", "tool_call_id": call_id, "content": result}
+
+
+def _merged(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Content parts with each run of adjacent text parts joined into one."""
+    out: list[dict[str, Any]] = []
+    for part in parts:
+        if part["type"] == "text" and out and out[-1]["type"] == "text":
+            out[-1] = {"type": "text", "text": out[-1]["text"] + part["text"]}
+        elif part["type"] != "text" or part["text"]:
+            out.append(part)
+    return out
 
 
 def collect_messages(value: Any, *, max_messages: int, policy: ImagePolicy) -> Collected:

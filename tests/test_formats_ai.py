@@ -311,8 +311,8 @@ async def test_use_chat_history_with_other_parts(
         {"role": "user", "content": "Hi"},
         # reasoning, step, source and data parts are display artefacts: not sent back
         {"role": "assistant", "content": "Hello"},
-        # text parts joined; the image file becomes an image_url part
-        {"role": "user", "content": [{"type": "text", "text": "And now?"}, image]},
+        # text parts joined; the image file becomes an image_url part, in the caller's order
+        {"role": "user", "content": [image, {"type": "text", "text": "And now?"}]},
     ]
 
 
