@@ -48,6 +48,7 @@ OPTIONAL_PARAMS: frozenset[str] = frozenset(
         "user",
         "logprobs",
         "top_logprobs",
+        "safety_identifier",
     }
 )
 IMAGE_SCHEMES = frozenset({"https", "http", "data"})

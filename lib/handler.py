@@ -42,6 +42,7 @@ from lib.request import (
     body_limit,
     build_upstream_request,
     parse_body,
+    safety_identifier,
 )
 from lib.resilience import open_upstream
 from lib.upstream import UpstreamClient
@@ -202,7 +203,11 @@ class GenerateHandler:
         log.shape, log.format, log.model = request.shape, fmt.name, request.model
         if settings.log_prompts:
             log.prompt = request.text_for_log()
-        upstream_request = build_upstream_request(request, settings)
+        safety_id = None
+        if caller.client_id is not None:  # authenticated: trace abuse to a user, hashed
+            secret = settings.protection.auth_signing_secret
+            safety_id = safety_identifier(caller.client_id, secret)
+        upstream_request = build_upstream_request(request, settings, safety_id=safety_id)
         log.client = client_key(scope, settings.protection.trust_proxy_header, caller.client_id)
         admission = await self.limiter.admit(log.client, request)
         try:

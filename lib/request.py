@@ -11,6 +11,8 @@ never chooses the upstream URL, key or headers.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 from dataclasses import dataclass, field
@@ -374,6 +376,14 @@ def _options(body: dict[str, Any], shape: Shape) -> dict[str, Any]:
                 param="logprobs",
             )
         options["logprobs"] = logprobs
+    safety = body.get("safety_identifier")
+    if safety is not None:
+        if not isinstance(safety, str) or not 1 <= len(safety) <= MAX_USER_CHARS:
+            raise RequestError(
+                f"safety_identifier must be a string of 1 to {MAX_USER_CHARS} characters.",
+                param="safety_identifier",
+            )
+        options["safety_identifier"] = safety
     top = _integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
     if top is not None:
         if not options.get("logprobs"):
@@ -515,9 +525,21 @@ def _too_large(settings: Settings) -> BodyTooLarge:
     )
 
 
-def build_upstream_request(request: GenerateRequest, settings: Settings) -> UpstreamRequest:
+def safety_identifier(client_id: str, secret: str | None) -> str:
+    """OpenAI's ``safety_identifier`` for an authenticated client: an HMAC-SHA256 of its id
+    (keyed with ``AUTH_SIGNING_SECRET`` when set), so a provider's abuse report names a user the
+    operator can find (by computing the same value) and the provider learns no user id."""
+    key = (secret or "").encode("utf-8")
+    digest = hmac.new(key, client_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    return "sf-" + digest[:32]
+
+
+def build_upstream_request(
+    request: GenerateRequest, settings: Settings, *, safety_id: str | None = None
+) -> UpstreamRequest:
     """The one request we forward: our URL, our fields, always ``stream: true`` (a caller
-    without ``stream`` gets the stream aggregated into one object by the relay)."""
+    without ``stream`` gets the stream aggregated into one object by the relay). With
+    protection on, ``safety_id`` is the authenticated client's :func:`safety_identifier`."""
     payload: dict[str, Any] = {"model": request.model}
     use_completions = request.prompt is not None and settings.prompt_endpoint == "completions"
     if use_completions:
@@ -529,6 +551,13 @@ def build_upstream_request(request: GenerateRequest, settings: Settings) -> Upst
     # The legacy completions endpoint knows only max_tokens; chat takes the deployment's field.
     payload["max_tokens" if use_completions else settings.max_tokens_field] = request.max_tokens
     payload.update(request.options)
+    if safety_id is not None:
+        if "safety_identifier" in request.options:
+            raise RequestError(
+                "safety_identifier is set by this deployment for authenticated clients.",
+                param="safety_identifier",
+            )
+        payload["safety_identifier"] = safety_id
     payload["stream"] = True
     if settings.upstream_include_usage:
         payload["stream_options"] = {"include_usage": True}

@@ -476,3 +476,47 @@ async def test_non_streamed_answer_is_under_the_stream_limits(
     resp = await post(http, function.url, {"messages": [USER], "stream": False})
     assert resp.status == 504
     assert (await resp.json())["error"]["type"] == "upstream_timeout"
+
+
+# --- abuse monitoring ---------------------------------------------------------------------------
+
+SECRET = "s" * 40
+
+
+async def test_safety_identifier_is_the_hashed_client_id_when_protection_is_on(
+    make_function: MakeFunction, demo: DemoUpstream, http: aiohttp.ClientSession
+) -> None:
+    from lib.auth import mint_token
+    from lib.request import safety_identifier
+
+    function = await make_function(AUTH_SIGNING_SECRET=SECRET)
+    seen = []
+    for user in ("user-42", "user-43"):
+        token = mint_token(SECRET, ttl=600, client_id=user)
+        resp = await post(
+            http, function.url, {"messages": [USER]}, headers={"Authorization": f"Bearer {token}"}
+        )
+        await resp.read()
+        seen.append(demo.seen[-1].json["safety_identifier"])
+    assert seen[0] == safety_identifier("user:user-42", SECRET)
+    assert seen[0] != seen[1]
+    assert "user-42" not in seen[0]  # the provider learns no user id
+    token = mint_token(SECRET, ttl=600, client_id="user-42")
+    resp = await post(
+        http,
+        function.url,
+        {"messages": [USER], "safety_identifier": "spoofed"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "safety_identifier"
+
+
+async def test_without_protection_the_callers_safety_identifier_is_forwarded(
+    function: Function, demo: DemoUpstream, http: aiohttp.ClientSession
+) -> None:
+    payload = await forwarded(http, function, demo, {"messages": [USER]})
+    assert "safety_identifier" not in payload
+    body = {"messages": [USER], "safety_identifier": "app-user-7"}
+    payload = await forwarded(http, function, demo, body)
+    assert payload["safety_identifier"] == "app-user-7"
