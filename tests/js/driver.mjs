@@ -323,6 +323,14 @@ const ops = {
     return { text: await page.textContent(selector) };
   },
 
+  async attribute({ selector, name }) {
+    return { value: await page.getAttribute(selector, name) };
+  },
+
+  async count({ selector }) {
+    return { count: await page.locator(selector).count() };
+  },
+
   async text({ selector }) {
     return { text: await page.textContent(selector), consoleErrors: page.consoleErrors };
   },
