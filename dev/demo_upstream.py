@@ -71,6 +71,7 @@ DEMO_REPLY = (
     "Hello! I am the demo upstream — a stand-in for a real model, streaming one token at a "
     "time. Schöne Grüße from the test bench 🚀. Set OPENAI_API_KEY to talk to a real model."
 )
+REASONING = "The user wants an answer. I will think it through briefly, then reply."
 CREATED = 1700000000
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 HUGE_PIECE = 64 * 1024
@@ -286,9 +287,18 @@ class _EventWriter:
 class DemoUpstream:
     """The fake upstream: an aiohttp app plus the scenario queue and the record of requests."""
 
-    def __init__(self, *, pace: float = 0.03, reply: str = DEMO_REPLY) -> None:
+    def __init__(
+        self,
+        *,
+        pace: float = 0.03,
+        reply: str = DEMO_REPLY,
+        reasoning: str | None = None,
+        tool_arguments: str | None = None,
+    ) -> None:
         self.pace = pace
         self.reply = reply
+        self.reasoning = REASONING if reasoning is None else reasoning  # the thinking phase
+        self.tool_arguments = tool_arguments  # every tool call's arguments (default: sampled)
         self.seen: list[SeenRequest] = []
         self._scenarios: deque[Scenario] = deque()
         self._keyed: dict[str, deque[Scenario]] = {}
@@ -385,7 +395,7 @@ class DemoUpstream:
             model=model if isinstance(model, str) else MODELS[0],
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         )
-        plan = _plan(payload, scenario, self.reply) if chat else _Plan(self.reply)
+        plan = _plan(payload, scenario, self) if chat else _Plan(self.reply)
         if not chat and scenario.text is not None:
             plan.text = scenario.text
         text = plan.text
@@ -448,7 +458,7 @@ class DemoUpstream:
         if plan.tool is not None:
             name, arguments = plan.tool
             await out.send(chunks.tool_start(f"call_{chunks.id}", name))
-            for piece in _fragments(arguments):
+            for piece in tokenize(arguments):
                 if pace > 0:
                     await asyncio.sleep(pace)
                 await out.send(chunks.tool_arguments(piece))
@@ -527,20 +537,18 @@ class _Plan:
     tool: tuple[str, str] | None = None  # (name, JSON arguments)
 
 
-REASONING = "The user wants an answer. I will think it through briefly, then reply."
-
-
-def _plan(payload: dict[str, Any], scenario: Scenario, reply: str) -> _Plan:
+def _plan(payload: dict[str, Any], scenario: Scenario, demo: DemoUpstream) -> _Plan:
     messages = payload.get("messages")
     last: Any = messages[-1] if isinstance(messages, list) and messages else {}
     last = last if isinstance(last, dict) else {}
+    reply = demo.reply
     plan = _Plan(reply)
     chosen = scenario.text is not None  # the scenario's text wins over the replies below
     effort = payload.get("reasoning_effort")
     if scenario.reasoning is not None:
         plan.reasoning = scenario.reasoning
     elif isinstance(effort, str) and effort != "none":
-        plan.reasoning = REASONING
+        plan.reasoning = demo.reasoning
     tools = payload.get("tools")
     if last.get("role") == "tool" and not chosen:
         plan.text = f"The tool answered: {last.get('content')}. That is my answer."
@@ -548,7 +556,9 @@ def _plan(payload: dict[str, Any], scenario: Scenario, reply: str) -> _Plan:
         tool = _chosen_tool(tools, payload.get("tool_choice"))
         if tool is not None:
             name, parameters = tool
-            arguments = scenario.tool_arguments or _dumps(_sample(parameters))
+            arguments = (
+                scenario.tool_arguments or demo.tool_arguments or _dumps(_sample(parameters))
+            )
             plan.tool = (name, arguments)
     fmt = payload.get("response_format")
     if chosen:
@@ -602,10 +612,6 @@ def _sample(schema: Any) -> Any:
     if kind == "null":
         return None
     return "Paris" if kind == "string" else {}
-
-
-def _fragments(text: str, size: int = 6) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
 def _image_count(message: dict[str, Any]) -> int:
