@@ -127,7 +127,7 @@ BENCH_TOOL = {
 # whose arguments stream in as many fragments (bench/upstream.py).
 SHAPES: dict[str, dict[str, Any]] = {
     "reasoning": {"reasoning_effort": "low"},
-    "tools": {"tools": [BENCH_TOOL]},
+    "tools": {"tools": [BENCH_TOOL], "tool_choice": "required"},
 }
 FN_CHAT = json.dumps({"messages": [{"role": "user", "content": PROMPT}]}).encode()
 FN_PROMPT = json.dumps({"prompt": PROMPT}).encode()

@@ -26,9 +26,11 @@ is accepted and recorded.
 
 Beyond text, as the real APIs stream it (chat endpoint only):
 
-- **tools**: a request with ``tools`` whose last message is not a ``tool`` result gets a tool
-  call instead of text: a chunk with ``delta.tool_calls[0]`` carrying ``index``, ``id``,
-  ``type`` and ``function.name`` (``arguments: ""``), then the arguments in fragments, then
+- **tools**: a request with ``tools`` whose last message is a user message that mentions the
+  tool (the last word of its name, ``weather`` for ``get_weather``), or whose ``tool_choice``
+  is ``required`` or names it, gets a tool call instead of text: a chunk with
+  ``delta.tool_calls[0]`` carrying ``index``, ``id``, ``type`` and ``function.name``
+  (``arguments: ""``), then the arguments in fragments, then
   ``finish_reason: "tool_calls"``. The arguments fill the tool's JSON Schema with sample values
   (``Scenario.tool_arguments`` overrides them). A request whose last message is a ``tool``
   result gets a text reply that quotes it.
@@ -553,8 +555,10 @@ def _plan(payload: dict[str, Any], scenario: Scenario, demo: DemoUpstream) -> _P
     if last.get("role") == "tool" and not chosen:
         plan.text = f"The tool answered: {last.get('content')}. That is my answer."
     elif isinstance(tools, list) and tools and payload.get("tool_choice") != "none":
-        tool = _chosen_tool(tools, payload.get("tool_choice"))
-        if tool is not None:
+        choice = payload.get("tool_choice")
+        tool = _chosen_tool(tools, choice)
+        forced = choice == "required" or isinstance(choice, dict)
+        if tool is not None and (forced or _asked_for(tool[0], _text_of(last))):
             name, parameters = tool
             arguments = (
                 scenario.tool_arguments or demo.tool_arguments or _dumps(_sample(parameters))
@@ -572,6 +576,22 @@ def _plan(payload: dict[str, Any], scenario: Scenario, demo: DemoUpstream) -> _P
     if images:
         plan.text = f"I see {images} image{'s' if images > 1 else ''}. " + plan.text
     return plan
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _asked_for(name: str, text: str) -> bool:
+    """Whether the user's words call for the tool: its name's last word (``weather`` for
+    ``get_weather``) appears in them. A real model decides; the demo needs a rule."""
+    word = re.split(r"[_-]", name)[-1].lower()
+    return bool(word) and word in text.lower()
 
 
 def _chosen_tool(tools: list[Any], choice: Any) -> tuple[str, Any] | None:

@@ -392,9 +392,17 @@ def _looping(outcome: _Outcome, text: str) -> APIError | None:
 
 
 def _text_of(choice: dict[str, Any]) -> str:
-    """The generated text in a chat (``delta.content``) or completion (``text``) choice."""
+    """The generated text in a chat (``delta.content``) or completion (``text``) choice, and a
+    chat delta's reasoning: a model can loop while it thinks too (tool arguments are left out:
+    a long list of like items is legitimately periodic)."""
     delta = choice.get("delta")
-    text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+    if not isinstance(delta, dict):
+        text = choice.get("text")
+        return text if isinstance(text, str) else ""
+    text = delta.get("content")
+    thought = delta.get("reasoning_content") or delta.get("reasoning")
+    if isinstance(thought, str) and thought:
+        return thought + text if isinstance(text, str) else thought
     return text if isinstance(text, str) else ""
 
 

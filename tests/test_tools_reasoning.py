@@ -243,3 +243,27 @@ async def test_demo_upstream_answers_a_tool_result_and_sees_images(
     )
     text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1])
     assert text.startswith("I see 2 images. ")
+
+
+async def test_demo_upstream_calls_a_tool_only_when_asked(
+    function: Function, demo: DemoUpstream, http: aiohttp.ClientSession
+) -> None:
+    body = {"messages": [{"role": "user", "content": "Tell me a joke"}], "tools": [TOOL]}
+    events = canonical_events(await (await post(http, function.url, body)).read())
+    last = json.loads(events[-2])
+    assert last["choices"][0]["finish_reason"] == "stop"  # the user did not ask for weather
+    body["tool_choice"] = "required"
+    events = canonical_events(await (await post(http, function.url, body)).read())
+    assert json.loads(events[-2])["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_a_model_looping_in_its_reasoning_is_cut_off(
+    function: Function, demo: DemoUpstream, http: aiohttp.ClientSession
+) -> None:
+    demo.push(Scenario(text="never reached", reasoning="Wait, let me reconsider. " * 200))
+    ui = {"role": "user", "parts": [{"type": "text", "text": "Hi"}]}
+    got = parts(await (await post(http, function.url, {"messages": [ui]})).read())
+    error = next(p for p in got if p["type"] == "error")
+    assert "repeating" in error["errorText"]
+    assert "text-start" not in [p["type"] for p in got]
+    assert got[-1] == {"type": "finish", "finishReason": "error"}
