@@ -53,7 +53,19 @@ class GenerateRequest:
     def text_for_log(self) -> str:
         if self.prompt is not None:
             return self.prompt
-        return "\n".join(json.dumps(m, ensure_ascii=False) for m in self.messages)
+        return "\n".join(_loggable(m) for m in self.messages)
+
+
+def _loggable(message: dict[str, Any]) -> str:
+    """One message for ``LOG_PROMPTS``: its text, tool calls as JSON, images as ``[image]`` (a
+    data URL would fill the log)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(p["text"] if p["type"] == "text" else "[image]" for p in content)
+    text = content if isinstance(content, str) else ""
+    if message.get("tool_calls"):
+        text += json.dumps(message["tool_calls"], ensure_ascii=False)
+    return text
 
 
 @dataclass(frozen=True, slots=True)

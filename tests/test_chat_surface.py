@@ -520,3 +520,68 @@ async def test_without_protection_the_callers_safety_identifier_is_forwarded(
     body = {"messages": [USER], "safety_identifier": "app-user-7"}
     payload = await forwarded(http, function, demo, body)
     assert payload["safety_identifier"] == "app-user-7"
+
+
+def test_whole_response_gathers_interleaved_calls_logprobs_and_refusal() -> None:
+    from lib.formats import WholeResponse
+
+    whole = WholeResponse(shape="chat")
+    head = {"id": "c1", "object": "chat.completion.chunk", "created": 5, "model": "m"}
+
+    def feed(delta: dict[str, Any], reason: str | None = None, **extra: Any) -> None:
+        chunk = {
+            **head,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": reason, **extra}],
+        }
+        assert whole.chunk(json.dumps(chunk), chunk) == b""  # nothing goes out before the end
+
+    call = {"index": 0, "id": "a", "type": "function", "function": {"name": "f", "arguments": ""}}
+    feed({"role": "assistant", "content": None, "tool_calls": [call]})
+    feed({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g", "arguments": "{}"}}]})
+    feed({"tool_calls": [{"index": 0, "function": {"arguments": '{"x":1}'}}]})
+    feed({"refusal": "No."}, logprobs={"content": [{"token": "No", "logprob": -0.1}]})
+    feed({}, "tool_calls")
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    whole.chunk("", {**head, "choices": [], "usage": usage})
+    body = json.loads(whole.close())
+    assert body == {
+        "id": "c1",
+        "object": "chat.completion",
+        "created": 5,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "a",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": '{"x":1}'},
+                        },
+                        {
+                            "id": "b",
+                            "type": "function",
+                            "function": {"name": "g", "arguments": "{}"},
+                        },
+                    ],
+                    "refusal": "No.",
+                },
+                "logprobs": {"content": [{"token": "No", "logprob": -0.1}]},
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": usage,
+    }
+
+
+def test_logged_prompt_shows_images_as_a_marker() -> None:
+    settings = load_settings({"OPENAI_API_KEY": "k"})
+    content = [
+        {"type": "text", "text": "What is "},
+        {"type": "image_url", "image_url": {"url": PNG}},
+    ]
+    request = parse_request({"messages": [{"role": "user", "content": content}]}, settings)
+    assert request.text_for_log() == "What is [image]"
