@@ -54,7 +54,6 @@ FINISH_REASONS: dict[str, str] = {
     "function_call": "tool-calls",
 }
 TEXT_ID = "0"
-REASONING_ID = "reasoning-0"
 
 
 def text_of(chunk: Chunk) -> str:
@@ -113,6 +112,7 @@ class UIMessageStream:
     def __init__(self) -> None:
         self._text_open = False
         self._reasoning_open = False
+        self._reasoning_parts = 0
         self._finish: str | None = None
         self._calls: dict[int, _ToolCall] = {}
 
@@ -131,10 +131,10 @@ class UIMessageStream:
             if reasoning:
                 if not self._reasoning_open:
                     self._reasoning_open = True
-                    out.append(encode_json({"type": "reasoning-start", "id": REASONING_ID}))
-                out.append(
-                    encode_json({"type": "reasoning-delta", "id": REASONING_ID, "delta": reasoning})
-                )
+                    start = {"type": "reasoning-start", "id": self._reasoning_id}
+                    out.append(encode_json(start))
+                part = {"type": "reasoning-delta", "id": self._reasoning_id, "delta": reasoning}
+                out.append(encode_json(part))
             text = delta.get("content")
             if isinstance(text, str) and text:
                 out.append(self._text(text))
@@ -151,11 +151,18 @@ class UIMessageStream:
             out.append(self._tools_available())
         return b"".join(out)
 
+    @property
+    def _reasoning_id(self) -> str:
+        return f"reasoning-{self._reasoning_parts}"
+
     def _close_reasoning(self) -> bytes:
+        """End the open reasoning part; thinking that resumes later gets a part of its own."""
         if not self._reasoning_open:
             return b""
         self._reasoning_open = False
-        return encode_json({"type": "reasoning-end", "id": REASONING_ID})
+        end = encode_json({"type": "reasoning-end", "id": self._reasoning_id})
+        self._reasoning_parts += 1
+        return end
 
     def _text(self, text: str) -> bytes:
         out = self._close_reasoning()

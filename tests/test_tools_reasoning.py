@@ -267,3 +267,26 @@ async def test_a_model_looping_in_its_reasoning_is_cut_off(
     assert "repeating" in error["errorText"]
     assert "text-start" not in [p["type"] for p in got]
     assert got[-1] == {"type": "finish", "finishReason": "error"}
+
+
+def test_ui_reasoning_that_resumes_gets_a_part_of_its_own() -> None:
+    """Thinking between tool calls or after some text: each stretch is its own reasoning part."""
+    fmt = UIMessageStream()
+
+    def chunk(delta: dict[str, Any]) -> bytes:
+        data = {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        return fmt.chunk(json.dumps(data), data)
+
+    out = chunk({"reasoning_content": "a"}) + chunk({"content": "b"})
+    out += chunk({"reasoning_content": "c"}) + fmt.close()
+    got = [json.loads(e) for e in canonical_events(out)[:-1]]
+    assert [(p["type"], p.get("id")) for p in got[:7]] == [
+        ("reasoning-start", "reasoning-0"),
+        ("reasoning-delta", "reasoning-0"),
+        ("reasoning-end", "reasoning-0"),
+        ("text-start", "0"),
+        ("text-delta", "0"),
+        ("reasoning-start", "reasoning-1"),
+        ("reasoning-delta", "reasoning-1"),
+    ]
+    assert [p["type"] for p in got[7:]] == ["reasoning-end", "text-end", "finish-step", "finish"]
