@@ -250,6 +250,23 @@ class UIMessageStream:
         escaped = text if text.isascii() else json.dumps(text)[1:-1]
         return _TEXT_DELTA_HEAD + escaped.encode("ascii") + _TEXT_DELTA_TAIL
 
+    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+        """The fast path for reasoning and tool-argument chunks, once their part is open."""
+        if kind == "arguments":
+            call = self._calls.get(like["choices"][0]["delta"]["tool_calls"][0]["index"])
+            if call is None or not call.started or self._reasoning_open:
+                return None  # the slow path opens the call (or ends the reasoning) first
+            if not text:
+                return b""
+            call.arguments.append(text)
+            part = {"type": "tool-input-delta", "toolCallId": call.id, "inputTextDelta": text}
+            return encode_json(part)
+        if not self._reasoning_open:
+            return None  # the first thought also opens the reasoning part: chunk() does that
+        if not text:
+            return b""
+        return encode_json({"type": "reasoning-delta", "id": self._reasoning_id, "delta": text})
+
     def _end(self, finish_reason: str) -> bytes:
         out = self._close_reasoning()
         if self._text_open:
@@ -292,6 +309,9 @@ class TextStream:
     def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
         """The relay's fast path for a plain content chunk (see lib/formats.py)."""
         return text.encode("utf-8")
+
+    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+        return b""  # reasoning is not part of the text (and tools never reach this format)
 
     def close(self) -> bytes:
         return b""

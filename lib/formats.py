@@ -47,6 +47,9 @@ class Format(Protocol):
     # A plain content chunk (lib/relay.py, _ContentTemplate) left unparsed: its raw JSON, its
     # text (no quote, backslash or control character) and ``like``, a parsed chunk identical
     # but for the text. Returns exactly what ``chunk`` would; None means "parse it after all".
+    #   def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None
+    # The same for a chunk whose delta holds only reasoning (``kind`` reasoning_content or
+    # reasoning) or only one tool call's next arguments fragment (``kind`` arguments).
 
     def close(self) -> bytes:
         """The clean end of a complete answer."""
@@ -102,6 +105,10 @@ class OpenAIChat:
         choice = like["choices"][0]
         return {**like, "choices": [{**choice, "delta": {**choice["delta"], "content": text}}]}
 
+    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+        """Reasoning and tool-argument chunks: relayed as they are when canonical."""
+        return _event(data) if _canonical(data) else None
+
     def close(self) -> bytes:
         return DONE
 
@@ -134,6 +141,9 @@ class OpenAICompletion(OpenAIChat):
         completion = to_completion(like)
         completion["choices"][0]["text"] = text
         return completion
+
+    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+        return None  # converted on the slow path (completion chunks have no such fields)
 
     def keepalive(self) -> bytes | None:
         # The classic helper JSON-parses every event and reads choices[0].text: a comment would
@@ -257,6 +267,20 @@ class WholeResponse:
         self._learn(like)
         self.chunks += 1
         self._text.append(text)
+        return b""
+
+    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+        """The fast path for reasoning and tool-argument chunks (see :meth:`delta`)."""
+        if kind == "arguments":
+            call = self._calls.get(like["choices"][0]["delta"]["tool_calls"][0]["index"])
+            if call is None:
+                return None  # a call's first fragment: the slow path opens it
+            call["function"]["arguments"] += text
+        elif text:
+            self._reasoning_key = kind
+            self._reasoning.append(text)
+        self._learn(like)
+        self.chunks += 1
         return b""
 
     def chunk(self, data: str, chunk: Chunk) -> bytes:
