@@ -120,7 +120,7 @@ class _Builder:
                 forwarded: dict[str, Any] = {"url": url}
                 detail = image.get("detail")
                 if detail is not None:
-                    if detail not in IMAGE_DETAILS:
+                    if not isinstance(detail, str) or detail not in IMAGE_DETAILS:
                         raise _refuse(
                             f"{where}.image_url.detail must be auto, low or high.",
                             f"{where}.image_url.detail",
@@ -292,7 +292,7 @@ class _Builder:
         name = _string(name, f"{where}.toolName", empty=False)
         call_id = _string(part.get("toolCallId"), f"{where}.toolCallId", empty=False)
         state = part.get("state")
-        if state not in UI_TOOL_STATES_WITH_RESULT:
+        if not isinstance(state, str) or state not in UI_TOOL_STATES_WITH_RESULT:
             raise _refuse(
                 f"{where}: the tool call {call_id} has no result yet (state {state!r}); add its "
                 "output before sending the conversation again.",

@@ -267,7 +267,8 @@ def _tool_choice(value: Any, tools: list[dict[str, Any]] | None) -> Any:
     if isinstance(value, dict) and value.get("type") == "function":
         function = value.get("function")
         names = {t["function"]["name"] for t in tools or ()}
-        if isinstance(function, dict) and function.get("name") in names:
+        name = function.get("name") if isinstance(function, dict) else None
+        if isinstance(name, str) and name in names:
             return value
         raise RequestError(
             "tool_choice names a function that is not in tools.", param="tool_choice"
@@ -280,19 +281,21 @@ def _tool_choice(value: Any, tools: list[dict[str, Any]] | None) -> Any:
 
 
 def _response_format(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict) or value.get("type") not in RESPONSE_FORMATS:
+    kind = value.get("type") if isinstance(value, dict) else None
+    if not isinstance(kind, str) or kind not in RESPONSE_FORMATS:
         raise RequestError(
             "response_format.type must be text, json_object or json_schema.",
             param="response_format",
         )
-    if value["type"] == "json_schema":
-        schema = value.get("json_schema")
+    checked: dict[str, Any] = value
+    if kind == "json_schema":
+        schema = checked.get("json_schema")
         if not isinstance(schema, dict) or not isinstance(schema.get("name"), str):
             raise RequestError(
                 "response_format.json_schema must be an object with a name (and a schema).",
                 param="response_format.json_schema",
             )
-    return value
+    return checked
 
 
 def _check_fields(body: dict[str, Any], settings: Settings, ui: bool) -> None:

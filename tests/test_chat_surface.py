@@ -340,6 +340,50 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
+# Values of the wrong type where a name or an enum is expected (unhashable ones included).
+REFUSED += [
+    (
+        "tool_choice name a list",
+        {
+            "messages": [USER],
+            "tools": [WEATHER_TOOL],
+            "tool_choice": {"type": "function", "function": {"name": ["get_weather"]}},
+        },
+        "tool_choice",
+    ),
+    (
+        "response_format type a list",
+        {"messages": [USER], "response_format": {"type": []}},
+        "response_format",
+    ),
+    (
+        "image detail a list",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": PNG, "detail": []}}],
+                }
+            ]
+        },
+        "messages[0].content[0].image_url.detail",
+    ),
+    (
+        "tool part state a dict",
+        {
+            "messages": [
+                USER,
+                {
+                    "role": "assistant",
+                    "parts": [{"type": "tool-x", "toolCallId": "c", "state": {}}],
+                },
+            ]
+        },
+        "messages[1].parts[0].state",
+    ),
+]
+
+
 @pytest.mark.parametrize(("name", "body", "param"), REFUSED, ids=[r[0] for r in REFUSED])
 async def test_refused_with_the_field_named(
     function: Function,
