@@ -347,3 +347,20 @@ async def test_unknown_v1_paths_answer_the_json_envelope(site: Site) -> None:
         await client.embeddings.create(model="gpt-4o-mini", input="x")
     assert caught.value.body["type"] == "not_found"  # type: ignore[index]
     assert "/api/v1/embeddings" in caught.value.body["message"]  # type: ignore[index]
+
+
+async def test_stream_helper_with_structured_output(site: Site, demo: DemoUpstream) -> None:
+    """The SDK's ``chat.completions.stream`` helper: streamed JSON, parsed at the end."""
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        city: str
+
+    client, _ = await site()
+    async with client.chat.completions.stream(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Which city?"}],
+        response_format=City,
+    ) as stream:
+        final = await stream.get_final_completion()
+    assert final.choices[0].message.parsed == City(city="Paris")
