@@ -5,6 +5,7 @@ aborts the request all the way to the upstream, and an origin not on the list is
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
@@ -145,3 +146,24 @@ async def test_the_chat_shows_reasoning_and_tool_calls(
     assert first["tools"][0]["function"]["name"] == "get_weather"
     assert second["messages"][1]["tool_calls"][0]["function"]["name"] == "get_weather"
     assert second["messages"][2]["role"] == "tool"
+
+
+async def test_the_chat_sends_an_attached_image(
+    browser: NodeDriver, site: str, make_function: MakeFunction, demo: DemoUpstream
+) -> None:
+    function = await make_function(ALLOWED_ORIGINS=site)
+    demo.push(Scenario(text="A red dot."))
+    node = await open_page(browser, site, function)
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()
+    await node.call("upload", selector="#image", name="dot.png", mimeType="image/png", base64=png)
+    await node.call("wait_text", selector="#attached", prefix="dot.png")
+    await node.call("fill", selector="#prompt", value="What is this?")
+    await node.call("click", selector="#generate")
+    await node.call("wait_text", selector="#status", prefix="Done.")
+    assert (await node.call("text", selector="#output"))["text"] == "I see 1 image. A red dot."
+    (message,) = demo.seen[0].json["messages"]
+    assert message["content"] == [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png}},
+    ]
+    assert (await node.call("count", selector=".user .bubble img"))["count"] == 1

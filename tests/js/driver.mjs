@@ -323,6 +323,11 @@ const ops = {
     return { text: await page.textContent(selector) };
   },
 
+  async upload({ selector, name, mimeType, base64 }) {
+    await page.setInputFiles(selector, { name, mimeType, buffer: Buffer.from(base64, "base64") });
+    return {};
+  },
+
   async attribute({ selector, name }) {
     return { value: await page.getAttribute(selector, name) };
   },
