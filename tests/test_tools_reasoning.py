@@ -290,3 +290,22 @@ def test_ui_reasoning_that_resumes_gets_a_part_of_its_own() -> None:
         ("reasoning-delta", "reasoning-1"),
     ]
     assert [p["type"] for p in got[7:]] == ["reasoning-end", "text-end", "finish-step", "finish"]
+
+
+@pytest.mark.parametrize("query", ["", "?format=text"])
+async def test_prompt_and_text_callers_get_the_answer_without_the_thinking(
+    function: Function, demo: DemoUpstream, http: aiohttp.ClientSession, query: str
+) -> None:
+    """Completion chunks and plain text have no place for reasoning: only the answer shows."""
+    demo.push(Scenario(text="Answer.", reasoning="Secret thoughts."))
+    raw = await (
+        await post(http, function.url + query, {"prompt": "Hi", "reasoning_effort": "low"})
+    ).read()
+    assert demo.seen[0].json["reasoning_effort"] == "low"
+    if query:
+        assert raw == b"Answer."
+        return
+    chunks = [json.loads(e) for e in canonical_events(raw)[:-1]]
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == "Answer."
+    assert b"Secret" not in raw
