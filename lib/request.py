@@ -459,7 +459,9 @@ def parse_request(
     _check_fields(body, settings, ui)
     stream = _stream(body, stream_default)
 
-    model = body.get("model", settings.default_model)
+    model = body.get("model")
+    if model is None:  # absent or null: the deployment's default
+        model = settings.default_model
     if not isinstance(model, str) or model not in settings.allowed_models:
         allowed = ", ".join(sorted(settings.allowed_models))
         raise RequestError(f"model must be one of: {allowed}.", param="model")

@@ -101,6 +101,15 @@ async def test_every_supported_field_is_forwarded_as_sent(
     assert payload["messages"] == [USER]
 
 
+async def test_null_means_not_sent(
+    function: Function, demo: DemoUpstream, http: aiohttp.ClientSession
+) -> None:
+    body = {"messages": [USER], "model": None, "temperature": None, "tools": None, "user": None}
+    payload = await forwarded(http, function, demo, body)
+    assert payload["model"] == "gpt-4o-mini"
+    assert not {"temperature", "tools", "user"} & payload.keys()
+
+
 async def test_max_tokens_goes_in_the_deployment_field(
     make_function: MakeFunction, demo: DemoUpstream, http: aiohttp.ClientSession
 ) -> None:
