@@ -242,6 +242,7 @@ class WholeResponse:
 
     def __init__(self, *, shape: str) -> None:
         self._chat = shape == "chat"
+        self.accepted = False  # the upstream took the request: what it spent counts
         self.chunks = 0
         self._meta: Chunk = {}
         self._text: list[str] = []

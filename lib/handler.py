@@ -223,9 +223,11 @@ class GenerateHandler:
                 started,
             )
         finally:
-            # The response starts only once the upstream accepted the request (it may charge).
+            # The response starts only once the upstream accepted the request (it may charge);
+            # a whole answer starts later, so its format says when the upstream accepted.
+            opened = exchange.started or (isinstance(fmt, WholeResponse) and fmt.accepted)
             log.tokens_charged = await self.limiter.finish(
-                admission, opened=exchange.started, usage=log.usage, events=log.events
+                admission, opened=opened, usage=log.usage, events=log.events
             )
 
     async def _stream(
@@ -255,6 +257,7 @@ class GenerateHandler:
                     "The upstream did not answer before the function's time limit."
                 ) from None
             if isinstance(fmt, WholeResponse):
+                fmt.accepted = True
                 await relay_whole(
                     stream,
                     fmt,
