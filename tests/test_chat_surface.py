@@ -11,12 +11,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dev.demo_upstream import DemoUpstream
+from dev.demo_upstream import DemoUpstream, Scenario
 from lib.config import load_settings
 from lib.limits import estimate_prompt_tokens
 from lib.request import IMAGE_TOKENS, LOW_DETAIL_IMAGE_TOKENS, parse_request
-from tests.conftest import Function
+from tests.conftest import Function, LogTap
 from tests.streams import post
+from tests.test_protection import freeze, wait_requests
 
 MakeFunction = Callable[..., Awaitable[Function]]
 USER = {"role": "user", "content": "What is the weather in Paris?"}
@@ -522,8 +523,6 @@ async def test_non_streamed_answer_is_under_the_stream_limits(
     make_function: MakeFunction, demo: DemoUpstream, http: aiohttp.ClientSession
 ) -> None:
     """A stalled upstream hits the idle limit as a stream would; the caller gets the status."""
-    from dev.demo_upstream import Scenario
-
     function = await make_function(UPSTREAM_IDLE_TIMEOUT="0.2")
     demo.push(Scenario(text="a b c", after=1, ending="stall"))
     resp = await post(http, function.url, {"messages": [USER], "stream": False})
@@ -638,3 +637,19 @@ def test_logged_prompt_shows_images_as_a_marker() -> None:
     ]
     request = parse_request({"messages": [{"role": "user", "content": content}]}, settings)
     assert request.text_for_log() == "What is [image]"
+
+
+async def test_a_non_streamed_answer_that_fails_is_still_charged(
+    make_function: MakeFunction, demo: DemoUpstream, http: aiohttp.ClientSession, logs: LogTap
+) -> None:
+    """With ``stream: false`` nothing is sent before the answer is whole, but the upstream
+    accepted the request and spent tokens: a failure on the way is charged, not refunded."""
+    function = await make_function(TOKEN_BUDGET="5000/day")
+    freeze(function)
+    demo.push(Scenario(text="a b c d", after=2, ending="reset"))
+    resp = await post(http, function.url, {"prompt": "hello there", "stream": False})
+    assert resp.status == 502
+    await resp.read()
+    line = (await wait_requests(logs, 1))[-1]
+    # the prompt estimate (3 + 4), plus one per chunk read: the role chunk and two with text
+    assert line["tokens_charged"] == 3 + 4 + 3
