@@ -346,7 +346,10 @@ class WholeResponse:
             message: Chunk = {"role": "assistant", "content": text}
             if self._calls:
                 message["content"] = text or None
-                message["tool_calls"] = [self._calls[i] for i in sorted(self._calls)]
+                calls = [self._calls[i] for i in sorted(self._calls)]
+                for index, call in zip(sorted(self._calls), calls, strict=True):
+                    call["id"] = call["id"] or f"call-{index}"  # as the ui format names it
+                message["tool_calls"] = calls
             message["refusal"] = "".join(self._refusal) or None
             if self._reasoning:
                 message[self._reasoning_key] = "".join(self._reasoning)
