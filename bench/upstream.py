@@ -3,7 +3,9 @@
     python -m bench.upstream --pace 0.02 --tokens 200
 
 prints ``READY <base URL>`` once it listens, then serves until killed. Every reply is
-``--tokens`` ASCII word tokens, ``--pace`` seconds apart. The listen backlog is raised so that
+``--tokens`` ASCII word tokens, ``--pace`` seconds apart; a request with ``reasoning_effort``
+first thinks for as many tokens, and one with ``tools`` streams a tool call whose arguments
+come in about as many fragments. The listen backlog is raised so that
 1,000 connections opened at once are all accepted, and uvloop runs it when installed (it is
 bench infrastructure, not a subject).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 
 from aiohttp import web
@@ -27,8 +30,19 @@ def reply_of(tokens: int) -> str:
     return "".join(f" w{i}" for i in range(tokens))
 
 
+def tool_arguments_of(tokens: int) -> str:
+    """Tool-call arguments the demo upstream streams in about ``tokens`` fragments."""
+    return json.dumps({"text": reply_of(tokens)}, separators=(",", ":"))
+
+
 async def serve(host: str, port: int, pace: float, tokens: int) -> None:
-    demo = DemoUpstream(pace=pace, reply=reply_of(tokens))
+    # Thinking and tool calls as long as the reply, for W2's reasoning and tools variants.
+    demo = DemoUpstream(
+        pace=pace,
+        reply=reply_of(tokens),
+        reasoning=reply_of(tokens),
+        tool_arguments=tool_arguments_of(tokens),
+    )
     runner = web.AppRunner(demo.app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096)

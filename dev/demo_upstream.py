@@ -24,6 +24,24 @@ is sent raw (UTF-8), as OpenAI sends it, so a character can straddle two writes.
 ``"stream": true``, gets a 400 in OpenAI's error shape. Any ``Authorization`` header (or none)
 is accepted and recorded.
 
+Beyond text, as the real APIs stream it (chat endpoint only):
+
+- **tools**: a request with ``tools`` whose last message is a user message that mentions the
+  tool (the last word of its name, ``weather`` for ``get_weather``), or whose ``tool_choice``
+  is ``required`` or names it, gets a tool call instead of text: a chunk with
+  ``delta.tool_calls[0]`` carrying ``index``, ``id``, ``type`` and ``function.name``
+  (``arguments: ""``), then the arguments in fragments, then
+  ``finish_reason: "tool_calls"``. The arguments fill the tool's JSON Schema with sample values
+  (``Scenario.tool_arguments`` overrides them). A request whose last message is a ``tool``
+  result gets a text reply that quotes it.
+- **reasoning**: with ``reasoning_effort`` (other than ``none``) or ``Scenario.reasoning``, a
+  thinking phase comes first, in ``delta.reasoning_content`` (DeepSeek, vLLM) or, with
+  ``Scenario.reasoning_key="reasoning"``, ``delta.reasoning`` (OpenRouter, Groq).
+- **images**: a last user message with ``image_url`` parts gets a reply that starts by saying
+  how many images it saw.
+- **structured output**: ``response_format`` ``json_schema`` gets a JSON document that fills
+  the schema with sample values; ``json_object`` gets ``{"answer": ...}``.
+
 Starting it under pytest: ``server = await aiohttp_server(demo.app)``, base URL
 ``str(server.make_url("/v1"))``. aiohttp 3.14's ``TestServer`` always turns on
 ``handler_cancellation``, which is what lets the server notice a client hanging up while it has
@@ -55,6 +73,7 @@ DEMO_REPLY = (
     "Hello! I am the demo upstream — a stand-in for a real model, streaming one token at a "
     "time. Schöne Grüße from the test bench 🚀. Set OPENAI_API_KEY to talk to a real model."
 )
+REASONING = "The user wants an answer. I will think it through briefly, then reply."
 CREATED = 1700000000
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 HUGE_PIECE = 64 * 1024
@@ -133,6 +152,9 @@ class Scenario:
     huge_line_bytes: int = 0
     gate: asyncio.Event | None = None
     gate_after: int = 1
+    reasoning: str | None = None
+    reasoning_key: Literal["reasoning_content", "reasoning"] = "reasoning_content"
+    tool_arguments: str | None = None
 
 
 @dataclass
@@ -184,6 +206,17 @@ class _Chunks:
 
     def content(self, text: str) -> dict[str, Any]:
         return self._envelope([self._choice(text, None)])
+
+    def delta(self, delta: dict[str, Any]) -> dict[str, Any]:
+        return self._envelope([{"index": 0, "delta": delta, "finish_reason": None}])
+
+    def tool_start(self, call_id: str, name: str) -> dict[str, Any]:
+        function = {"name": name, "arguments": ""}
+        call = {"index": 0, "id": call_id, "type": "function", "function": function}
+        return self.delta({"tool_calls": [call]})
+
+    def tool_arguments(self, fragment: str) -> dict[str, Any]:
+        return self.delta({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]})
 
     def finish(self, reason: str) -> dict[str, Any]:
         return self._envelope([self._choice(None, reason)])
@@ -256,9 +289,18 @@ class _EventWriter:
 class DemoUpstream:
     """The fake upstream: an aiohttp app plus the scenario queue and the record of requests."""
 
-    def __init__(self, *, pace: float = 0.03, reply: str = DEMO_REPLY) -> None:
+    def __init__(
+        self,
+        *,
+        pace: float = 0.03,
+        reply: str = DEMO_REPLY,
+        reasoning: str | None = None,
+        tool_arguments: str | None = None,
+    ) -> None:
         self.pace = pace
         self.reply = reply
+        self.reasoning = REASONING if reasoning is None else reasoning  # the thinking phase
+        self.tool_arguments = tool_arguments  # every tool call's arguments (default: sampled)
         self.seen: list[SeenRequest] = []
         self._scenarios: deque[Scenario] = deque()
         self._keyed: dict[str, deque[Scenario]] = {}
@@ -355,7 +397,10 @@ class DemoUpstream:
             model=model if isinstance(model, str) else MODELS[0],
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         )
-        text = self.reply if scenario.text is None else scenario.text
+        plan = _plan(payload, scenario, self) if chat else _Plan(self.reply)
+        if not chat and scenario.text is not None:
+            plan.text = scenario.text
+        text = plan.text
         tokens = tokenize(text) if scenario.tokens is None else scenario.tokens
         prompt_tokens = len(tokenize(_prompt_text(payload)))
 
@@ -376,7 +421,7 @@ class DemoUpstream:
         await resp.prepare(request)  # sends the headers now: a StreamResponse does not hold them
         out = _EventWriter(resp, scenario, seen)
         try:
-            await self._stream(scenario, chunks, tokens, prompt_tokens, huge, out)
+            await self._stream(scenario, chunks, tokens, prompt_tokens, huge, out, plan)
         except ConnectionResetError:  # a write found the client gone
             seen.closed.set()
             return resp
@@ -394,6 +439,7 @@ class DemoUpstream:
         prompt_tokens: int,
         huge: tuple[str, int, str] | None,
         out: _EventWriter,
+        plan: _Plan,
     ) -> None:
         """Write the events up to the scenario's ending; a reset is left to the caller."""
         pace = self.pace if scenario.pace is None else scenario.pace
@@ -406,6 +452,20 @@ class DemoUpstream:
         if huge is not None:
             await out.send_huge(*huge)
             sent += 1
+        for piece in tokenize(plan.reasoning):
+            if pace > 0:
+                await asyncio.sleep(pace)
+            await out.send(chunks.delta({scenario.reasoning_key: piece}))
+            sent += 1
+        if plan.tool is not None:
+            name, arguments = plan.tool
+            await out.send(chunks.tool_start(f"call_{chunks.id}", name))
+            for piece in tokenize(arguments):
+                if pace > 0:
+                    await asyncio.sleep(pace)
+                await out.send(chunks.tool_arguments(piece))
+                sent += 1
+            tokens = []  # a tool call is the whole answer of this step
         count = len(tokens) if scenario.after is None else min(scenario.after, len(tokens))
         for i in range(count + 1):
             if scenario.gate is not None and i == scenario.gate_after:
@@ -419,7 +479,8 @@ class DemoUpstream:
             sent += 1
 
         if scenario.ending == "done":
-            await out.send(chunks.finish(scenario.finish_reason))
+            reason = "tool_calls" if plan.tool is not None else scenario.finish_reason
+            await out.send(chunks.finish(reason))
             if chunks.include_usage:
                 await out.send(chunks.usage(prompt_tokens, sent))
             await out.send("[DONE]")
@@ -467,6 +528,117 @@ def _prompt_text(payload: dict[str, Any]) -> str:
         return ""
     parts = [m.get("content") for m in messages if isinstance(m, dict)]
     return " ".join(p for p in parts if isinstance(p, str))
+
+
+@dataclass
+class _Plan:
+    """What one chat reply holds besides the scenario's faults: text, a thinking phase, a call."""
+
+    text: str
+    reasoning: str = ""
+    tool: tuple[str, str] | None = None  # (name, JSON arguments)
+
+
+def _plan(payload: dict[str, Any], scenario: Scenario, demo: DemoUpstream) -> _Plan:
+    messages = payload.get("messages")
+    last: Any = messages[-1] if isinstance(messages, list) and messages else {}
+    last = last if isinstance(last, dict) else {}
+    reply = demo.reply
+    plan = _Plan(reply)
+    chosen = scenario.text is not None  # the scenario's text wins over the replies below
+    effort = payload.get("reasoning_effort")
+    if scenario.reasoning is not None:
+        plan.reasoning = scenario.reasoning
+    elif isinstance(effort, str) and effort != "none":
+        plan.reasoning = demo.reasoning
+    tools = payload.get("tools")
+    if last.get("role") == "tool" and not chosen:
+        plan.text = f"The tool answered: {last.get('content')}. That is my answer."
+    elif isinstance(tools, list) and tools and payload.get("tool_choice") != "none":
+        choice = payload.get("tool_choice")
+        tool = _chosen_tool(tools, choice)
+        forced = choice == "required" or isinstance(choice, dict)
+        if tool is not None and (forced or _asked_for(tool[0], _text_of(last))):
+            name, parameters = tool
+            arguments = (
+                scenario.tool_arguments or demo.tool_arguments or _dumps(_sample(parameters))
+            )
+            plan.tool = (name, arguments)
+    fmt = payload.get("response_format")
+    if chosen:
+        plan.text = scenario.text or ""
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        schema = fmt.get("json_schema")
+        plan.text = _dumps(_sample(schema.get("schema") if isinstance(schema, dict) else None))
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        plan.text = _dumps({"answer": reply})
+    images = _image_count(last)
+    if images:
+        plan.text = f"I see {images} image{'s' if images > 1 else ''}. " + plan.text
+    return plan
+
+
+def _text_of(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def _asked_for(name: str, text: str) -> bool:
+    """Whether the user's words call for the tool: its name's last word (``weather`` for
+    ``get_weather``) appears in them. A real model decides; the demo needs a rule."""
+    word = re.split(r"[_-]", name)[-1].lower()
+    return bool(word) and word in text.lower()
+
+
+def _chosen_tool(tools: list[Any], choice: Any) -> tuple[str, Any] | None:
+    wanted = None
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        wanted = choice["function"].get("name")
+    for tool in tools:
+        function: Any = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            continue
+        if wanted is None or function["name"] == wanted:
+            return function["name"], function.get("parameters")
+    return None
+
+
+def _sample(schema: Any) -> Any:
+    """A value that satisfies a (simple) JSON Schema: what the demo model "decides"."""
+    if not isinstance(schema, dict):
+        return {}
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        properties = schema.get("properties")
+        if not isinstance(properties, dict):
+            return {}
+        return {key: _sample(value) for key, value in properties.items()}
+    if kind == "array":
+        return [_sample(schema.get("items"))]
+    if kind == "integer":
+        return 1
+    if kind == "number":
+        return 1.5
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return "Paris" if kind == "string" else {}
+
+
+def _image_count(message: dict[str, Any]) -> int:
+    content = message.get("content")
+    if message.get("role") != "user" or not isinstance(content, list):
+        return 0
+    return sum(1 for part in content if isinstance(part, dict) and part.get("type") == "image_url")
 
 
 def _huge(chunks: _Chunks, line_bytes: int) -> tuple[str, int, str]:

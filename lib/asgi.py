@@ -97,7 +97,8 @@ class Exchange:
         when it has not all arrived within ``time_limit`` seconds. In both cases the rest is never
         read: the answer says ``Connection: close`` and the server closes the connection."""
         declared = header(self.scope, b"content-length")
-        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        size_text = (declared or "").strip()
+        if size_text.isascii() and size_text.isdigit() and int(size_text) > limit:
             raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.")
         parts: list[bytes] = []
         size = 0

@@ -25,6 +25,34 @@ FUNCTION_FILE = "api/generate.py"
 PromptEndpoint = Literal["chat", "completions"]
 OutputFormat = Literal["openai", "ui", "text"]
 _FORMATS: dict[str, OutputFormat] = {"openai": "openai", "ui": "ui", "text": "text"}
+MaxTokensField = Literal["max_completion_tokens", "max_tokens"]
+# The optional request fields the function can forward (lib/request.py checks each);
+# ALLOWED_PARAMS narrows them per deployment. docs/chat-completions.md has the rules.
+OPTIONAL_PARAMS: frozenset[str] = frozenset(
+    {
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "stop",
+        "seed",
+        "n",
+        "stream_options",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "reasoning_effort",
+        "verbosity",
+        "user",
+        "logprobs",
+        "top_logprobs",
+        "safety_identifier",
+    }
+)
+IMAGE_SCHEMES = frozenset({"https", "http", "data"})
 
 
 class SettingsError(ValueError):
@@ -68,6 +96,12 @@ class Settings:
     max_stream_seconds: float | None = 300.0
     repetition_window: int = 2000
     repetition_max_period: int = 200
+    # The Chat Completions surface (issue 12, docs/chat-completions.md).
+    max_tokens_field: MaxTokensField = "max_completion_tokens"
+    allowed_params: frozenset[str] = OPTIONAL_PARAMS
+    ignored_params: frozenset[str] = frozenset()
+    image_url_schemes: frozenset[str] = frozenset({"https", "data"})
+    max_image_body_bytes: int = 4 * 1024 * 1024
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -181,6 +215,40 @@ def _fallbacks(env: Mapping[str, str]) -> tuple[Target, ...]:
     return tuple(targets)
 
 
+def _params(env: Mapping[str, str]) -> tuple[frozenset[str], frozenset[str]]:
+    """``ALLOWED_PARAMS`` (default: every optional field) and ``IGNORED_PARAMS`` (the app's own
+    extra body fields, which the AI SDK transports send along; default: none)."""
+    raw = env.get("ALLOWED_PARAMS", "").strip()
+    allowed = OPTIONAL_PARAMS if raw.lower() in ("", "all") else _csv(env, "ALLOWED_PARAMS")
+    if raw.lower() == "none":
+        allowed = frozenset()
+    unknown = allowed - OPTIONAL_PARAMS
+    if unknown:
+        raise SettingsError(
+            f"ALLOWED_PARAMS names {sorted(unknown)}, which are not optional request fields "
+            f"(they are: {', '.join(sorted(OPTIONAL_PARAMS))})"
+        )
+    ignored = _csv(env, "IGNORED_PARAMS")
+    clash = ignored & (OPTIONAL_PARAMS | {"prompt", "messages", "model", "stream"})
+    if clash:
+        raise SettingsError(f"IGNORED_PARAMS may not name request fields: {sorted(clash)}")
+    return allowed, ignored
+
+
+def _image_schemes(env: Mapping[str, str]) -> frozenset[str]:
+    raw = env.get("IMAGE_URL_SCHEMES", "").strip().lower()
+    if not raw:
+        return frozenset({"https", "data"})
+    if raw == "none":
+        return frozenset()
+    schemes = frozenset(part.strip() for part in raw.split(",") if part.strip())
+    if not schemes <= IMAGE_SCHEMES:
+        raise SettingsError(
+            f"IMAGE_URL_SCHEMES={raw!r} may list only https, http and data (or none)"
+        )
+    return schemes
+
+
 def vercel_max_duration(root: Path = PROJECT_ROOT, function: str = FUNCTION_FILE) -> float | None:
     """The ``maxDuration`` that ``vercel.json`` gives this function, if the file is deployed."""
     try:
@@ -211,6 +279,12 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
     if default_format is None:
         raise SettingsError(f"DEFAULT_FORMAT={raw_format!r} must be openai, ui or text")
     window = _number(env, "REPETITION_WINDOW", 2000, int, 0, 1_000_000)  # 0: no detector
+    max_field = _text(env, "MAX_TOKENS_FIELD", "max_completion_tokens")
+    if max_field not in ("max_completion_tokens", "max_tokens"):
+        raise SettingsError(
+            f"MAX_TOKENS_FIELD={max_field!r} must be max_completion_tokens or max_tokens"
+        )
+    allowed_params, ignored_params = _params(env)
     return Settings(
         openai_api_key=env.get("OPENAI_API_KEY", "").strip() or None,
         openai_base_url=base_url,
@@ -247,6 +321,13 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
         repetition_window=window,
         repetition_max_period=_number(
             env, "REPETITION_MAX_PERIOD", min(200, max(1, window // 2)), int, 1, max(1, window // 2)
+        ),
+        max_tokens_field="max_tokens" if max_field == "max_tokens" else "max_completion_tokens",
+        allowed_params=allowed_params,
+        ignored_params=ignored_params,
+        image_url_schemes=_image_schemes(env),
+        max_image_body_bytes=_number(
+            env, "MAX_IMAGE_BODY_BYTES", 4 * 1024 * 1024, int, 256, 64 * 1024 * 1024
         ),
     )
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from lib.asgi import Message, Scope, Send, header
 
-ALLOW_METHODS = b"POST, OPTIONS"
+ALLOW_METHODS = b"GET, POST, OPTIONS"  # GET: /api/v1/models
 # user-agent: the AI SDK sets it on every request (withUserAgentSuffix), and browsers that let
 # scripts set it (Firefox) then ask for it in the preflight; Chromium drops it silently.
 ALLOW_HEADERS = b"accept, authorization, content-type, user-agent"

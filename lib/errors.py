@@ -10,6 +10,7 @@ becomes the in-band error of the caller's format (see ``lib/formats.py``)::
     APIError                          500 server_error
     ├── RequestError                  400 invalid_request_error   the caller's request is wrong
     │   ├── MethodNotAllowed          405 method_not_allowed
+    │   ├── NotFound                  404 not_found               no such path or model
     │   ├── UnsupportedMediaType      415 unsupported_media_type
     │   ├── BodyTooLarge              413 request_too_large
     │   ├── RequestTimeout            408 request_timeout         the body came too slowly
@@ -86,6 +87,13 @@ class MethodNotAllowed(RequestError):
 
     status = 405
     type = "method_not_allowed"
+
+
+class NotFound(RequestError):
+    """Raised for an unknown ``/api/v1`` path, or a model this deployment does not serve."""
+
+    status = 404
+    type = "not_found"
 
 
 class UnsupportedMediaType(RequestError):

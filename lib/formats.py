@@ -47,6 +47,9 @@ class Format(Protocol):
     # A plain content chunk (lib/relay.py, _ContentTemplate) left unparsed: its raw JSON, its
     # text (no quote, backslash or control character) and ``like``, a parsed chunk identical
     # but for the text. Returns exactly what ``chunk`` would; None means "parse it after all".
+    #   def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None
+    # The same for a chunk whose delta holds only reasoning (``kind`` reasoning_content or
+    # reasoning) or only one tool call's next arguments fragment (``kind`` arguments).
 
     def close(self) -> bytes:
         """The clean end of a complete answer."""
@@ -102,6 +105,10 @@ class OpenAIChat:
         choice = like["choices"][0]
         return {**like, "choices": [{**choice, "delta": {**choice["delta"], "content": text}}]}
 
+    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+        """Reasoning and tool-argument chunks: relayed as they are when canonical."""
+        return _event(data) if _canonical(data) else None
+
     def close(self) -> bytes:
         return DONE
 
@@ -134,6 +141,9 @@ class OpenAICompletion(OpenAIChat):
         completion = to_completion(like)
         completion["choices"][0]["text"] = text
         return completion
+
+    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+        return None  # converted on the slow path (completion chunks have no such fields)
 
     def keepalive(self) -> bytes | None:
         # The classic helper JSON-parses every event and reads choices[0].text: a comment would
@@ -209,3 +219,154 @@ def to_completion(chunk: Chunk) -> Chunk:
     if chunk.get("usage") is not None:
         result["usage"] = chunk["usage"]
     return result
+
+
+JSON_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-type", b"application/json"),
+    (b"cache-control", b"no-store"),
+)
+
+
+class WholeResponse:
+    """One ``chat.completion`` (or, for ``prompt`` callers, ``text_completion``) object, for
+    callers that did not ask to stream (the openai SDKs' default, the AI SDK's generateText).
+
+    The upstream is still streamed, under the same limits and deadline; this format gathers the
+    chunks (text, reasoning, tool calls by index, refusal, logprobs, usage) and writes nothing
+    until :meth:`close`. A failure on the way becomes the JSON error with its status, since no
+    byte has gone out (``fail`` is never asked for).
+    """
+
+    name = "json"
+    headers = JSON_HEADERS
+
+    def __init__(self, *, shape: str) -> None:
+        self._chat = shape == "chat"
+        self.accepted = False  # the upstream took the request: what it spent counts
+        self.chunks = 0
+        self._meta: Chunk = {}
+        self._text: list[str] = []
+        self._reasoning: list[str] = []
+        self._reasoning_key = "reasoning_content"
+        self._refusal: list[str] = []
+        self._calls: dict[int, dict[str, Any]] = {}
+        self._logprobs: dict[str, list[Any]] = {}
+        self._finish: str | None = None
+        self._usage: Any = None
+
+    def open(self) -> bytes:
+        return b""
+
+    def _learn(self, chunk: Chunk) -> None:
+        if not self._meta:
+            self._meta = {k: chunk[k] for k in ("id", "created", "model") if k in chunk}
+            if chunk.get("system_fingerprint") is not None:
+                self._meta["system_fingerprint"] = chunk["system_fingerprint"]
+
+    def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
+        """The relay's fast path for a plain content chunk: its text is all it adds."""
+        self._learn(like)
+        self.chunks += 1
+        self._text.append(text)
+        return b""
+
+    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+        """The fast path for reasoning and tool-argument chunks (see :meth:`delta`)."""
+        if kind == "arguments":
+            call = self._calls.get(like["choices"][0]["delta"]["tool_calls"][0]["index"])
+            if call is None:
+                return None  # a call's first fragment: the slow path opens it
+            call["function"]["arguments"] += text
+        elif text:
+            self._reasoning_key = kind
+            self._reasoning.append(text)
+        self._learn(like)
+        self.chunks += 1
+        return b""
+
+    def chunk(self, data: str, chunk: Chunk) -> bytes:
+        self._learn(chunk)
+        self.chunks += 1
+        if chunk.get("usage") is not None:
+            self._usage = chunk["usage"]
+        choices = chunk.get("choices")
+        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+            return b""
+        choice: dict[str, Any] = choices[0]
+        if isinstance(choice.get("finish_reason"), str):
+            self._finish = choice["finish_reason"]
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            text = choice.get("text")
+            if isinstance(text, str):
+                self._text.append(text)
+            return b""
+        self._gather(delta)
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict):
+            for key in ("content", "refusal"):
+                if isinstance(logprobs.get(key), list):
+                    self._logprobs.setdefault(key, []).extend(logprobs[key])
+        return b""
+
+    def _gather(self, delta: dict[str, Any]) -> None:
+        for key, into in (("content", self._text), ("refusal", self._refusal)):
+            if isinstance(delta.get(key), str):
+                into.append(delta[key])
+        for key in ("reasoning_content", "reasoning"):
+            if isinstance(delta.get(key), str) and delta[key]:
+                self._reasoning_key = key
+                self._reasoning.append(delta[key])
+        calls = delta.get("tool_calls")
+        for position, item in enumerate(calls if isinstance(calls, list) else ()):
+            if not isinstance(item, dict):
+                continue
+            index = item.get("index", position)
+            call = self._calls.setdefault(
+                index if isinstance(index, int) else position,
+                {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+            )
+            if isinstance(item.get("id"), str):
+                call["id"] = call["id"] or item["id"]
+            function = item.get("function")
+            if isinstance(function, dict):
+                for key in ("name", "arguments"):
+                    if isinstance(function.get(key), str):
+                        call["function"][key] += function[key]
+
+    def body(self) -> Chunk:
+        """The whole answer, in the shape the caller's SDK parses."""
+        text = "".join(self._text)
+        meta = {"id": "", "created": 0, "model": "", **self._meta}
+        if not self._chat:
+            choice: Chunk = {"text": text, "index": 0, "logprobs": None}
+            choice["finish_reason"] = self._finish
+            result: Chunk = {"id": meta["id"], "object": "text_completion"}
+        else:
+            message: Chunk = {"role": "assistant", "content": text}
+            if self._calls:
+                message["content"] = text or None
+                calls = [self._calls[i] for i in sorted(self._calls)]
+                for index, call in zip(sorted(self._calls), calls, strict=True):
+                    call["id"] = call["id"] or f"call-{index}"  # as the ui format names it
+                message["tool_calls"] = calls
+            message["refusal"] = "".join(self._refusal) or None
+            if self._reasoning:
+                message[self._reasoning_key] = "".join(self._reasoning)
+            choice = {"index": 0, "message": message, "logprobs": self._logprobs or None}
+            choice["finish_reason"] = self._finish
+            result = {"id": meta["id"], "object": "chat.completion"}
+        result.update({k: v for k, v in meta.items() if k != "id"})
+        result["choices"] = [choice]
+        if self._usage is not None:
+            result["usage"] = self._usage
+        return result
+
+    def close(self) -> bytes:
+        return json.dumps(self.body(), separators=(",", ":")).encode("ascii")
+
+    def fail(self, error: APIError) -> bytes | None:
+        return None  # not reached: the relay answers the error with its status instead
+
+    def keepalive(self) -> bytes | None:
+        return None  # a JSON body has no room for one before it is complete

@@ -8,6 +8,7 @@ and nothing here ever puts the key, a request header or a traceback into a respo
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -25,22 +26,34 @@ from lib.auth import Authenticator, build_authenticator
 from lib.config import Settings
 from lib.cors import CORSPolicy
 from lib.deadline import invocation_deadline
-from lib.errors import APIError, ConfigurationError, DeadlineExceeded, MethodNotAllowed
-from lib.formats import Format
+from lib.errors import (
+    APIError,
+    ConfigurationError,
+    DeadlineExceeded,
+    MethodNotAllowed,
+    NotFound,
+)
+from lib.formats import Format, WholeResponse
 from lib.limits import Limiter, client_key
 from lib.log import RequestLog, emit, logger, warn
-from lib.negotiate import choose_format, requested_format
-from lib.relay import BreakConnection, quiet_broken_connections, relay
+from lib.negotiate import check_fit, choose_format, requested_format, v1_route, v1_semantics
+from lib.relay import BreakConnection, quiet_broken_connections, relay, relay_whole
 from lib.request import (
     UpstreamRequest,
+    body_limit,
     build_upstream_request,
-    parse_json_object,
-    parse_request,
+    parse_body,
+    safety_identifier,
 )
 from lib.resilience import open_upstream
 from lib.upstream import UpstreamClient
 
 ALLOW = b"OPTIONS, POST"
+V1_ALLOW = b"GET, OPTIONS"
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "streaming-function"}
 
 
 class GenerateHandler:
@@ -128,7 +141,44 @@ class GenerateHandler:
 
     @staticmethod
     def _allow_header(error: APIError) -> list[tuple[bytes, bytes]]:
-        return [(b"allow", ALLOW)] if isinstance(error, MethodNotAllowed) else []
+        if not isinstance(error, MethodNotAllowed) or "Allow" in error.headers:
+            return []
+        return [(b"allow", ALLOW)]
+
+    async def _v1(
+        self, exchange: Exchange, route: str, model: str, id_header: tuple[bytes, bytes]
+    ) -> None:
+        """``GET /api/v1/models`` and ``/api/v1/models/{id}`` in the OpenAI shape (the
+        deployment's allowed models), and the JSON 404 for every other ``/api/v1`` path."""
+        path = exchange.scope.get("path", "/api/v1")
+        if route not in ("models", "model"):
+            raise NotFound(
+                f"There is no {path} here: this function serves /api/v1/chat/completions, "
+                "/api/v1/completions and /api/v1/models."
+            )
+        method = exchange.scope.get("method", "")
+        if method == "OPTIONS":
+            await exchange.start(204, [(b"allow", V1_ALLOW), id_header])
+            await exchange.end()
+            return
+        if method != "GET":
+            raise MethodNotAllowed(
+                f"Use GET to list models (got {method}).", headers={"Allow": "GET, OPTIONS"}
+            )
+        settings, _, _ = self._configured()
+        assert self.auth is not None
+        scope = exchange.scope
+        await self.auth.authenticate(header(scope, b"authorization"), header(scope, b"origin"))
+        if route == "models":
+            body: dict[str, Any] = {
+                "object": "list",
+                "data": [_model(name) for name in sorted(settings.allowed_models)],
+            }
+        elif model in settings.allowed_models:
+            body = _model(model)
+        else:
+            raise NotFound(f"The model {model!r} does not exist here.", param="model")
+        await exchange.respond(200, json.dumps(body, separators=(",", ":")).encode(), [id_header])
 
     async def _handle(
         self,
@@ -137,6 +187,10 @@ class GenerateHandler:
         id_header: tuple[bytes, bytes],
         started: float,
     ) -> None:
+        route = v1_route(exchange.scope.get("query_string", b""))
+        if route is not None:
+            await self._v1(exchange, *route, id_header)
+            return
         method = exchange.scope.get("method", "")
         if method == "OPTIONS":
             await exchange.start(204, [(b"allow", ALLOW), id_header])
@@ -154,15 +208,19 @@ class GenerateHandler:
         query = scope.get("query_string", b"")
         requested_format(query)  # a bad format parameter is a 400 before the body is read
         check_json_content_type(exchange.scope)
-        raw = await exchange.read_body(settings.max_body_bytes, settings.body_read_timeout)
-        body = parse_json_object(raw)
-        request = parse_request(body, settings)
+        raw = await exchange.read_body(body_limit(settings), settings.body_read_timeout)
+        request = parse_body(raw, settings, stream_default=not v1_semantics(query))
         accept = header(exchange.scope, b"accept")
         fmt = choose_format(query, request, accept, settings.default_format)
+        check_fit(request, fmt.name)
         log.shape, log.format, log.model = request.shape, fmt.name, request.model
         if settings.log_prompts:
             log.prompt = request.text_for_log()
-        upstream_request = build_upstream_request(request, settings)
+        safety_id = None
+        if caller.client_id is not None:  # authenticated: trace abuse to a user, hashed
+            secret = settings.protection.auth_signing_secret
+            safety_id = safety_identifier(caller.client_id, secret)
+        upstream_request = build_upstream_request(request, settings, safety_id=safety_id)
         p = settings.protection
         log.client = client_key(scope, p.trust_proxy_header, caller.client_id, p.ipv6_prefix)
         admission = await self.limiter.admit(log.client, request)
@@ -180,10 +238,12 @@ class GenerateHandler:
                     started,
                 )
         finally:
-            # The response starts only once the upstream accepted the request (it may charge).
+            # The response starts only once the upstream accepted the request (it may charge);
+            # a whole answer starts later, so its format says when the upstream accepted.
+            opened = exchange.started or (isinstance(fmt, WholeResponse) and fmt.accepted)
             log.tokens_charged = await self.limiter.finish(
                 admission,
-                opened=exchange.started,
+                opened=opened,
                 usage=log.usage,
                 events=log.events,
                 unknown=exchange.stalled,
@@ -215,6 +275,19 @@ class GenerateHandler:
                 raise DeadlineExceeded(
                     "The upstream did not answer before the function's time limit."
                 ) from None
+            if isinstance(fmt, WholeResponse):
+                fmt.accepted = True
+                await relay_whole(
+                    stream,
+                    fmt,
+                    exchange,
+                    log,
+                    settings=settings,
+                    headers=headers,
+                    cut_at=cut_at,
+                    started=started,
+                )
+                return
             await relay(
                 stream,
                 fmt,

@@ -47,7 +47,7 @@ from lib.asgi import Scope, joined_header
 from lib.config import Protection
 from lib.errors import BudgetExhausted, RateLimited, StoreUnavailable
 from lib.log import warn
-from lib.request import GenerateRequest
+from lib.request import GenerateRequest, image_token_allowance
 from lib.store import MemoryStore, RedisStore, Store, StoreError
 
 Headers = list[tuple[bytes, bytes]]
@@ -103,7 +103,7 @@ def client_key(
 
 def estimate_prompt_tokens(request: GenerateRequest) -> int:
     """An upper bound on the prompt's tokens, without a tokenizer: its UTF-8 bytes, plus the
-    chat format's tokens per message and the reply's priming.
+    chat format's tokens per message, the reply's priming, and an allowance per image.
 
     Byte-level BPE tokenizers (OpenAI's cl100k and o200k, and the Llama 3, Qwen and Mistral
     families) never make a token of less than one byte, so no script or language can exceed it.
@@ -111,8 +111,13 @@ def estimate_prompt_tokens(request: GenerateRequest) -> int:
     a larger reservation for Latin text (about 4 bytes a token), settled to the reported usage.
     """
     size = len(request.prompt.encode("utf-8")) if request.prompt is not None else 0
-    size += sum(len(m["content"].encode("utf-8")) for m in request.messages)
-    return size + TOKENS_PER_MESSAGE * max(1, len(request.messages)) + REPLY_PRIMING
+    size += request.message_bytes
+    return (
+        size
+        + TOKENS_PER_MESSAGE * max(1, len(request.messages))
+        + REPLY_PRIMING
+        + image_token_allowance(request)
+    )
 
 
 def _seconds(value: float) -> int:

@@ -8,7 +8,9 @@ a browser cannot set ``User-Agent``):
 3. the ``Accept`` header: ``text/plain`` preferred over ``text/event-stream`` -> ``text``;
 4. the deployment's ``DEFAULT_FORMAT`` (``openai`` unless set).
 
-``openai`` follows the request's shape: ``prompt`` gets completion chunks, ``messages`` chat.
+``openai`` follows the request's shape: ``prompt`` gets completion chunks, ``messages`` chat;
+a caller that did not ask to stream gets one JSON object of that shape instead (``stream:
+false`` anywhere; a body without ``stream`` on the ``/api/v1`` paths, as the OpenAI API does).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from urllib.parse import parse_qsl
 
 from lib.aisdk import TextStream, UIMessageStream
 from lib.errors import RequestError
-from lib.formats import Format, OpenAIChat, OpenAICompletion
+from lib.formats import Format, OpenAIChat, OpenAICompletion, WholeResponse
 from lib.request import GenerateRequest
 
 FORMAT_NAMES: Final = ("openai", "ui", "text")
@@ -34,6 +36,43 @@ def requested_format(query_string: bytes) -> str | None:
         shown = ", ".join(repr(v) for v in dict.fromkeys(values))
         raise RequestError(f"format must be one of openai, ui, text (got {shown}).", param="format")
     return values[0]
+
+
+def v1_semantics(query_string: bytes) -> bool:
+    """True for the OpenAI-compatible paths: vercel.json's ``/api/v1/*`` rewrites add
+    ``api=v1``, and there the OpenAI API's rules hold (no ``stream`` means one JSON object)."""
+    query = query_string.decode("latin-1")
+    return ("api", "v1") in parse_qsl(query, keep_blank_values=True)
+
+
+def v1_route(query_string: bytes) -> tuple[str, str] | None:
+    """``(route, model)`` for the ``/api/v1`` paths other than completions (vercel.json's
+    rewrites add ``route``: ``models``, ``model`` with the id in ``model``, or ``none``)."""
+    pairs = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+    route = pairs.get("route")
+    if route is None or pairs.get("api") != "v1":
+        return None
+    return route, pairs.get("model", "")
+
+
+def check_fit(request: GenerateRequest, name: str) -> None:
+    """Refuse what the chosen format cannot carry, rather than drop it (a 400 naming it)."""
+    if name in ("openai", "json"):
+        return
+    if not request.stream:
+        raise RequestError(
+            f"The {name} format only streams; leave stream out or send stream: true.",
+            param="stream",
+        )
+    if name == "text" and request.has_tools:
+        raise RequestError(
+            "The text format cannot carry a tool call; use the ui or openai format for tools.",
+            param="tools",
+        )
+    if request.options.get("logprobs"):
+        raise RequestError(
+            f"The {name} format cannot carry logprobs; use the openai format.", param="logprobs"
+        )
 
 
 def _quality(accept: str, media_type: str) -> float:
@@ -78,6 +117,8 @@ def choose_format(
         return UIMessageStream()
     if name == "text":
         return TextStream()
+    if not request.stream:
+        return WholeResponse(shape=request.shape)
     if request.shape == "completion":
         return OpenAICompletion(include_usage=request.include_usage)
     return OpenAIChat(include_usage=request.include_usage)

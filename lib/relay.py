@@ -30,7 +30,7 @@ from lib.errors import (
     UpstreamTruncated,
     redact,
 )
-from lib.formats import Format
+from lib.formats import Format, WholeResponse
 from lib.log import RequestLog, warn
 from lib.repetition import RepetitionDetector
 from lib.sse import Event, SSEDecoder
@@ -129,6 +129,51 @@ async def relay(
         log.events = outcome.events
         log.finish_reason = outcome.finish_reason
         log.usage = usage_counts(outcome.usage)
+        if outcome.done:
+            stream.release()
+        else:
+            stream.close()
+
+
+async def relay_whole(
+    stream: UpstreamStream,
+    whole: WholeResponse,
+    exchange: Exchange,
+    log: RequestLog,
+    *,
+    settings: Settings,
+    headers: list[tuple[bytes, bytes]],
+    cut_at: float | None,
+    started: float,
+) -> None:
+    """Gather one accepted upstream stream into one JSON answer, under the same limits and
+    deadline as a stream; a failure on the way is raised (nothing has been sent yet)."""
+    loop = asyncio.get_running_loop()
+    decoder = SSEDecoder(settings.max_line_bytes)
+    loops = None
+    if settings.repetition_window:
+        loops = RepetitionDetector(settings.repetition_window, settings.repetition_max_period)
+    outcome = _Outcome(loops)
+    try:
+        await _pump(
+            stream,
+            whole,
+            exchange,
+            log,
+            decoder,
+            outcome,
+            _ContentTemplate(),
+            settings,
+            cut_at,
+            loop,
+            started,
+        )
+        outcome.events = whole.chunks
+        await exchange.respond(200, whole.close(), headers)
+    finally:
+        log.events = outcome.events or whole.chunks
+        log.finish_reason = outcome.finish_reason
+        log.usage = outcome.usage
         if outcome.done:
             stream.release()
         else:
@@ -290,16 +335,22 @@ def _translate_events(
     them, if any (the events before it still go out, in order)."""
     parts: list[bytes] = []
     delta = getattr(fmt, "delta", None)  # formats without the fast path parse every chunk
+    other = getattr(fmt, "other_delta", None)  # the same for reasoning and tool arguments
+    fast = delta is not None or other is not None
     for event in events:
         data = event.data
         if not data:
             continue
-        if delta is not None and template.like is not None:
+        if fast and template.like is not None:
             text = template.match(data)
             if text is not None:
-                out = delta(data, text, template.like)
+                kind = template.kind
+                if kind == "content":
+                    out = None if delta is None else delta(data, text, template.like)
+                else:
+                    out = None if other is None else other(kind, data, text, template.like)
                 if out is not None:
-                    looping = _looping(outcome, text)
+                    looping = None if kind == "arguments" else _looping(outcome, text)
                     if looping is not None:
                         return b"".join(parts), looping
                     if out:
@@ -339,7 +390,7 @@ def _translate_events(
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             outcome.usage = usage
-        if delta is not None:
+        if fast:
             template.learn(data, chunk)
         out = fmt.chunk(data, chunk)
         if out:
@@ -349,38 +400,44 @@ def _translate_events(
 
 
 class _ContentTemplate:
-    """Recognises a stream's plain content chunks by their bytes, so they skip ``json.loads``.
+    """Recognises a stream's plain chunks by their bytes, so they skip ``json.loads``.
 
-    Most chunks of a stream differ only in their text: same id, model and created, one choice,
-    ``finish_reason`` null, no usage and no error. After parsing such a chunk whose text has no
-    quote, backslash or control character, the JSON before and after that text is kept. A later
-    chunk that starts and ends with exactly that JSON, and whose middle again has no quote,
-    backslash or control character, is the same document with another text: valid JSON, no
-    finish reason, no usage, no error, so nothing the slow path would learn from it is lost.
-    Anything else (other fields, escapes, a finish reason, usage, errors, ``[DONE]``, invalid
-    JSON) takes the slow path, which also re-learns the template.
+    Most chunks of a stream differ only in one string: same id, model and created, one choice,
+    ``finish_reason`` null, no usage and no error, and a delta that holds only ``content``, or
+    only reasoning (``reasoning_content`` / ``reasoning``), or only one tool call's next
+    ``arguments`` fragment (``{"index": n, "function": {"arguments": ...}}``). After parsing
+    such a chunk whose string has no quote, backslash or control character, the JSON before and
+    after that string is kept, with its ``kind``. A later chunk that starts and ends with
+    exactly that JSON, and whose middle again has no quote, backslash or control character, is
+    the same document with another string: valid JSON, no finish reason, no usage, no error,
+    so nothing the slow path would learn from it is lost. Anything else (other fields, escapes,
+    a finish reason, usage, errors, ``[DONE]``, invalid JSON) takes the slow path, which also
+    re-learns the template.
     """
 
-    __slots__ = ("head", "like", "tail")
+    __slots__ = ("head", "kind", "like", "tail")
 
     def __init__(self) -> None:
         self.like: dict[str, Any] | None = None  # the parsed chunk the template came from
+        self.kind = "content"  # content, reasoning_content, reasoning or arguments
         self.head = ""
         self.tail = ""
 
     def learn(self, data: str, chunk: dict[str, Any]) -> None:
-        text = _plain_text(chunk)
-        if text is None or _UNSAFE_TEXT.search(text) is not None:
+        found = _plain_text(chunk)
+        if found is None or _UNSAFE_TEXT.search(found[1]) is not None:
             return
-        key = '"content":"'
+        kind, text = found
+        key = f'"{kind}":"'
         start = data.find(key + text + '"')
         if start < 0 or data.count(key) != 1:
             return  # spelled differently by the upstream, or ambiguous: no template
         cut = start + len(key)
         self.head, self.tail, self.like = data[:cut], data[cut + len(text) :], chunk
+        self.kind = kind
 
     def match(self, data: str) -> str | None:
-        """The chunk's text if it is a plain content chunk of the template's shape, else None."""
+        """The chunk's string if it is a plain chunk of the template's shape, else None."""
         head, tail = self.head, self.tail
         if len(data) >= len(head) + len(tail) and data.startswith(head) and data.endswith(tail):
             text = data[len(head) : len(data) - len(tail)]
@@ -392,10 +449,12 @@ class _ContentTemplate:
 # In a JSON string these three need escapes; their absence makes the text its own JSON form.
 _UNSAFE_TEXT = re.compile(r'[\x00-\x1f"\\]')
 _PLAIN_KEYS = frozenset({"id", "object", "created", "model", "system_fingerprint", "usage"})
+_TEXT_KINDS = frozenset({"content", "reasoning_content", "reasoning"})
 
 
-def _plain_text(chunk: dict[str, Any]) -> str | None:
-    """The text of a chat chunk that carries nothing but one content delta, else None."""
+def _plain_text(chunk: dict[str, Any]) -> tuple[str, str] | None:
+    """(kind, string) of a chat chunk that carries nothing but one string in its delta (see
+    :class:`_ContentTemplate`), else None."""
     choices = chunk.get("choices")
     if chunk.get("usage") is not None or not isinstance(choices, list) or len(choices) != 1:
         return None
@@ -405,14 +464,22 @@ def _plain_text(chunk: dict[str, Any]) -> str | None:
     if not isinstance(choice, dict) or choice.keys() != {"index", "delta", "finish_reason"}:
         return None
     delta = choice["delta"]
-    if (
-        choice["finish_reason"] is not None
-        or not isinstance(delta, dict)
-        or delta.keys() != {"content"}
-    ):
+    if choice["finish_reason"] is not None or not isinstance(delta, dict) or len(delta) != 1:
         return None
-    text = delta["content"]
-    return text if isinstance(text, str) else None
+    ((kind, value),) = delta.items()
+    if kind in _TEXT_KINDS:
+        return (kind, value) if isinstance(value, str) else None
+    if kind != "tool_calls" or not isinstance(value, list) or len(value) != 1:
+        return None
+    call = value[0]
+    if not isinstance(call, dict) or call.keys() != {"index", "function"}:
+        return None
+    function = call["function"]
+    if type(call["index"]) is not int or not isinstance(function, dict):
+        return None
+    if function.keys() != {"arguments"} or not isinstance(function["arguments"], str):
+        return None
+    return "arguments", function["arguments"]
 
 
 def _looping(outcome: _Outcome, text: str) -> APIError | None:
@@ -430,9 +497,17 @@ def _looping(outcome: _Outcome, text: str) -> APIError | None:
 
 
 def _text_of(choice: dict[str, Any]) -> str:
-    """The generated text in a chat (``delta.content``) or completion (``text``) choice."""
+    """The generated text in a chat (``delta.content``) or completion (``text``) choice, and a
+    chat delta's reasoning: a model can loop while it thinks too (tool arguments are left out:
+    a long list of like items is legitimately periodic)."""
     delta = choice.get("delta")
-    text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+    if not isinstance(delta, dict):
+        text = choice.get("text")
+        return text if isinstance(text, str) else ""
+    text = delta.get("content")
+    thought = delta.get("reasoning_content") or delta.get("reasoning")
+    if isinstance(thought, str) and thought:
+        return thought + text if isinstance(text, str) else thought
     return text if isinstance(text, str) else ""
 
 

@@ -2,23 +2,28 @@
 
 Parsing is strict where Python's ``json`` is lenient (duplicate keys, NaN/Infinity, numbers of
 any size, lone surrogates, any depth): each of those is the caller's mistake and becomes a 400,
-never a 500 later on. Only the fields listed here are forwarded; everything else is dropped, and
-the caller never chooses the upstream URL, key or headers.
+never a 500 later on. Every field is either forwarded under a rule of :data:`PARAMS` (checked
+here, and allowed by the deployment's ``ALLOWED_PARAMS``), ignored because it is the AI SDK's
+transport (:data:`UI_TRANSPORT_FIELDS`) or the deployment listed it in ``IGNORED_PARAMS``, or
+refused with a 400 whose ``param`` names it; docs/chat-completions.md has the table. The caller
+never chooses the upstream URL, key or headers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lib.config import Settings
-from lib.errors import RequestError
+from lib.config import OPTIONAL_PARAMS, Settings
+from lib.errors import BodyTooLarge, RequestError
+from lib.messages import TOOL_NAME, ImagePolicy, collect_messages
 
 Shape = Literal["completion", "chat"]
 
-ROLES = frozenset({"system", "user", "assistant"})
 MAX_DEPTH = 32
 MAX_INT_DIGITS = 20
 MAX_STOP = 4
@@ -30,17 +35,38 @@ class GenerateRequest:
 
     shape: Shape
     model: str
-    max_tokens: int
+    max_tokens: int  # what is sent upstream: the caller's value, else the deployment's cap
     prompt: str | None = None
-    messages: tuple[dict[str, str], ...] = ()
+    messages: tuple[dict[str, Any], ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
     include_usage: bool = False
     ui_messages: bool = False  # the body came from the AI SDK's useChat (messages with parts)
+    stream: bool = True  # False: one JSON object, aggregated from the upstream stream
+    message_chars: int = 0  # text in the messages (tool calls and results included)
+    message_bytes: int = 0  # the same text's UTF-8 bytes (the token estimate's bound)
+    images: int = 0
+    low_detail_images: int = 0
+
+    @property
+    def has_tools(self) -> bool:
+        return "tools" in self.options
 
     def text_for_log(self) -> str:
         if self.prompt is not None:
             return self.prompt
-        return "\n".join(m["content"] for m in self.messages)
+        return "\n".join(_loggable(m) for m in self.messages)
+
+
+def _loggable(message: dict[str, Any]) -> str:
+    """One message for ``LOG_PROMPTS``: its text, tool calls as JSON, images as ``[image]`` (a
+    data URL would fill the log)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(p["text"] if p["type"] == "text" else "[image]" for p in content)
+    text = content if isinstance(content, str) else ""
+    if message.get("tool_calls"):
+        text += json.dumps(message["tool_calls"], ensure_ascii=False)
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +159,29 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
 # --- fields -----------------------------------------------------------------------------------
 
+BASE_FIELDS = frozenset({"prompt", "messages", "model", "stream"})
+# What the AI SDK's chat transport adds to every useChat body (DefaultChatTransport): the chat's
+# id, why it sends (submit-message, regenerate-message) and the message to regenerate. They
+# steer the client, not the model, so they are ignored (only in useChat-shaped bodies).
+UI_TRANSPORT_FIELDS = frozenset({"id", "trigger", "messageId"})
+REASONING_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh"})
+VERBOSITIES = frozenset({"low", "medium", "high"})
+TOOL_CHOICES = frozenset({"none", "auto", "required"})
+RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
+MAX_TOOLS = 128
+MAX_TOP_LOGPROBS = 20
+MAX_USER_CHARS = 256
+# The token budget's allowance per image (no image decoding here): OpenAI bills a 1024x1024
+# image at high detail 765 tokens and a large one up to about 1,100; low detail is 85.
+IMAGE_TOKENS = 1100
+LOW_DETAIL_IMAGE_TOKENS = 85
+
+
+def image_token_allowance(request: GenerateRequest) -> int:
+    """The prompt tokens the request's images may cost, for the token budget's estimate."""
+    high = request.images - request.low_detail_images
+    return high * IMAGE_TOKENS + request.low_detail_images * LOW_DETAIL_IMAGE_TOKENS
+
 
 def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
     value = body.get(name)
@@ -156,6 +205,15 @@ def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None
     return value
 
 
+def _choice(body: dict[str, Any], name: str, allowed: frozenset[str]) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in allowed:
+        raise RequestError(f"{name} must be one of {', '.join(sorted(allowed))}.", param=name)
+    return value
+
+
 def _stop(body: dict[str, Any]) -> str | list[str] | None:
     value = body.get("stop")
     if value is None:
@@ -174,101 +232,103 @@ def _stop(body: dict[str, Any]) -> str | list[str] | None:
     )
 
 
-def _content(value: Any, param: str) -> str:
-    """Message content: a string, or OpenAI/AI SDK text parts joined (other parts: 400)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        texts: list[str] = []
-        for part in value:
-            if not isinstance(part, dict) or part.get("type") != "text":
-                raise RequestError(f"{param} may only hold text parts.", param=param)
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise RequestError(f"{param} has a text part without a string text.", param=param)
-            texts.append(text)
-        return "".join(texts)
-    raise RequestError(f"{param} must be a string.", param=param)
-
-
-def _ui_parts(parts: Any, param: str) -> str:
-    """useChat parts: text parts become the content; reasoning, files, tools, sources, step and
-    data parts are dropped (the model sees only text), as documented in the README."""
-    if not isinstance(parts, list):
-        raise RequestError(f"{param} must be a list.", param=param)
-    texts: list[str] = []
-    for part in parts:
-        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise RequestError(f"{param} items must be objects with a type.", param=param)
-        if part["type"] == "text":
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise RequestError(f"{param} has a text part without a string text.", param=param)
-            texts.append(text)
-    return "".join(texts)
-
-
-def _messages(value: Any, settings: Settings) -> tuple[tuple[dict[str, str], ...], bool]:
-    if not isinstance(value, list) or not value:
-        raise RequestError("messages must be a non-empty list.", param="messages")
-    if len(value) > settings.max_messages:
-        raise RequestError(
-            f"messages may hold at most {settings.max_messages} items.", param="messages"
-        )
-    result: list[dict[str, str]] = []
-    ui = False
-    for index, item in enumerate(value):
-        param = f"messages[{index}]"
-        if not isinstance(item, dict):
-            raise RequestError(f"{param} must be an object.", param=param)
-        role = item.get("role")
-        if not isinstance(role, str) or role not in ROLES:  # a list or dict is unhashable
+def _tools(value: Any) -> list[dict[str, Any]]:
+    """``tools``: function tools, forwarded intact once their name and parameters check out."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_TOOLS:
+        raise RequestError(f"tools must be a list of 1 to {MAX_TOOLS} tools.", param="tools")
+    names: set[str] = set()
+    for index, tool in enumerate(value):
+        where = f"tools[{index}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            raise RequestError(f'{where} must be {{"type": "function", ...}}.', param=where)
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise RequestError(f"{where}.function must be an object.", param=f"{where}.function")
+        name = function.get("name")
+        if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
             raise RequestError(
-                f"{param}.role must be one of system, user, assistant.", param=f"{param}.role"
+                f"{where}.function.name must be 1 to 64 letters, digits, _ or -.",
+                param=f"{where}.function.name",
             )
-        if "parts" in item and "content" not in item:
-            ui = True
-            content = _ui_parts(item["parts"], f"{param}.parts")
-            if not content:
-                continue  # a message of only non-text parts says nothing to a text model
-        else:
-            content = _content(item.get("content"), f"{param}.content")
-        result.append({"role": role, "content": content})
-    if not result:
-        raise RequestError("messages hold no text.", param="messages")
-    total = sum(len(m["content"]) for m in result)
-    if total > settings.max_prompt_chars:
+        if name in names:
+            raise RequestError(f"{where} repeats the tool {name!r}.", param=f"{where}.function")
+        names.add(name)
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise RequestError(
+                f"{where}.function.parameters must be a JSON Schema object.",
+                param=f"{where}.function.parameters",
+            )
+    return value
+
+
+def _tool_choice(value: Any, tools: list[dict[str, Any]] | None) -> Any:
+    if isinstance(value, str) and value in TOOL_CHOICES:
+        return value
+    if isinstance(value, dict) and value.get("type") == "function":
+        function = value.get("function")
+        names = {t["function"]["name"] for t in tools or ()}
+        name = function.get("name") if isinstance(function, dict) else None
+        if isinstance(name, str) and name in names:
+            return value
         raise RequestError(
-            f"messages hold {total} characters; the limit is {settings.max_prompt_chars}.",
-            param="messages",
+            "tool_choice names a function that is not in tools.", param="tool_choice"
         )
-    return tuple(result), ui
+    raise RequestError(
+        'tool_choice must be none, auto, required or {"type": "function", "function": '
+        '{"name": ...}}.',
+        param="tool_choice",
+    )
 
 
-def parse_request(body: dict[str, Any], settings: Settings) -> GenerateRequest:
-    """Validate a parsed body against the deployment's limits."""
-    prompt = body.get("prompt")
-    messages = body.get("messages")
-    if prompt is not None and messages is not None:
-        raise RequestError("Send either prompt or messages, not both.", param="prompt")
-    if prompt is None and messages is None:
+def _response_format(value: Any) -> dict[str, Any]:
+    kind = value.get("type") if isinstance(value, dict) else None
+    if not isinstance(kind, str) or kind not in RESPONSE_FORMATS:
         raise RequestError(
-            'The body needs a prompt ({"prompt": "..."}) or a messages list.', param="prompt"
+            "response_format.type must be text, json_object or json_schema.",
+            param="response_format",
         )
-    if body.get("stream") is False:
+    checked: dict[str, Any] = value
+    if kind == "json_schema":
+        schema = checked.get("json_schema")
+        if not isinstance(schema, dict) or not isinstance(schema.get("name"), str):
+            raise RequestError(
+                "response_format.json_schema must be an object with a name (and a schema).",
+                param="response_format.json_schema",
+            )
+    return checked
+
+
+def _check_fields(body: dict[str, Any], settings: Settings, ui: bool) -> None:
+    """Every field is known, allowed here, or ignored by rule; else a 400 naming it."""
+    for name in body:
+        if name in BASE_FIELDS or name in settings.ignored_params:
+            continue
+        if ui and name in UI_TRANSPORT_FIELDS:
+            continue
+        if name not in OPTIONAL_PARAMS:
+            raise RequestError(
+                f"{name} is not a field this function accepts (docs/chat-completions.md lists "
+                "them).",
+                param=name,
+            )
+        if name not in settings.allowed_params and body[name] is not None:
+            raise RequestError(f"{name} is turned off on this deployment.", param=name)
+
+
+def _max_tokens(body: dict[str, Any], settings: Settings) -> int:
+    given = _integer(body, "max_tokens", 1, settings.max_tokens)
+    completion = _integer(body, "max_completion_tokens", 1, settings.max_tokens)
+    if given is not None and completion is not None and given != completion:
         raise RequestError(
-            "This endpoint only streams; send stream: true or leave it out.", param="stream"
+            "Send max_tokens or max_completion_tokens, not both with different values.",
+            param="max_tokens",
         )
+    return completion or given or settings.max_tokens
 
-    model = body.get("model", settings.default_model)
-    if not isinstance(model, str) or model not in settings.allowed_models:
-        allowed = ", ".join(sorted(settings.allowed_models))
-        raise RequestError(f"model must be one of: {allowed}.", param="model")
 
-    max_tokens = _integer(body, "max_tokens", 1, settings.max_tokens)
-    if max_tokens is None:
-        max_tokens = _integer(body, "max_completion_tokens", 1, settings.max_tokens)
-
+def _options(body: dict[str, Any], shape: Shape) -> dict[str, Any]:
+    """The optional fields, checked, in the form they are forwarded."""
     options: dict[str, Any] = {}
     for name, low, high in (
         ("temperature", 0.0, 2.0),
@@ -285,13 +345,131 @@ def parse_request(body: dict[str, Any], settings: Settings) -> GenerateRequest:
     stop = _stop(body)
     if stop is not None:
         options["stop"] = stop
+    # n: one choice only. Budgets reserve max_tokens once, the loop detector and every format
+    # follow one choice, and ui/text could only interleave several into one text.
+    if _integer(body, "n", 1, 1) is not None:
+        options["n"] = 1
+    tools = body.get("tools")
+    if tools is not None:
+        if shape == "completion":
+            raise RequestError(
+                "tools need a messages request: a prompt caller's completion stream cannot "
+                "carry a tool call.",
+                param="tools",
+            )
+        options["tools"] = _tools(tools)
+    if body.get("tool_choice") is not None:
+        options["tool_choice"] = _tool_choice(body["tool_choice"], options.get("tools"))
+    if body.get("parallel_tool_calls") is not None:
+        if not isinstance(body["parallel_tool_calls"], bool):
+            raise RequestError(
+                "parallel_tool_calls must be true or false.", param="parallel_tool_calls"
+            )
+        options["parallel_tool_calls"] = body["parallel_tool_calls"]
+    for name in ("tool_choice", "parallel_tool_calls"):
+        if name in options and "tools" not in options:
+            raise RequestError(f"{name} needs tools.", param=name)
+    if body.get("response_format") is not None:
+        options["response_format"] = _response_format(body["response_format"])
+    for name, allowed in (("reasoning_effort", REASONING_EFFORTS), ("verbosity", VERBOSITIES)):
+        value = _choice(body, name, allowed)
+        if value is not None:
+            options[name] = value
+    user = body.get("user")
+    if user is not None:
+        if not isinstance(user, str) or not 1 <= len(user) <= MAX_USER_CHARS:
+            raise RequestError(
+                f"user must be a string of 1 to {MAX_USER_CHARS} characters.", param="user"
+            )
+        options["user"] = user
+    logprobs = body.get("logprobs")
+    if logprobs is not None:
+        if not isinstance(logprobs, bool):
+            raise RequestError("logprobs must be true or false.", param="logprobs")
+        if logprobs and shape == "completion":
+            raise RequestError(
+                "logprobs need a messages request (a prompt caller gets completion chunks).",
+                param="logprobs",
+            )
+        options["logprobs"] = logprobs
+    safety = body.get("safety_identifier")
+    if safety is not None:
+        if not isinstance(safety, str) or not 1 <= len(safety) <= MAX_USER_CHARS:
+            raise RequestError(
+                f"safety_identifier must be a string of 1 to {MAX_USER_CHARS} characters.",
+                param="safety_identifier",
+            )
+        options["safety_identifier"] = safety
+    top = _integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    if top is not None:
+        if not options.get("logprobs"):
+            raise RequestError("top_logprobs needs logprobs: true.", param="top_logprobs")
+        options["top_logprobs"] = top
+    return options
 
+
+def _include_usage(body: dict[str, Any]) -> bool:
     stream_options = body.get("stream_options")
-    if stream_options is not None and not isinstance(stream_options, dict):
+    if stream_options is None:
+        return False
+    if not isinstance(stream_options, dict):
         raise RequestError("stream_options must be an object.", param="stream_options")
-    include_usage = bool(stream_options and stream_options.get("include_usage") is True)
+    for key, value in stream_options.items():
+        if key != "include_usage":
+            raise RequestError(
+                f"stream_options.{key} is not supported.", param=f"stream_options.{key}"
+            )
+        if not isinstance(value, bool):
+            raise RequestError(
+                "stream_options.include_usage must be true or false.",
+                param="stream_options.include_usage",
+            )
+    return stream_options.get("include_usage") is True
 
-    max_tokens = max_tokens or settings.max_tokens
+
+def _stream(body: dict[str, Any], stream_default: bool) -> bool:
+    value = body.get("stream")
+    if value is None:
+        return stream_default
+    if not isinstance(value, bool):
+        raise RequestError("stream must be true or false.", param="stream")
+    return value
+
+
+def parse_request(
+    body: dict[str, Any], settings: Settings, *, stream_default: bool = True
+) -> GenerateRequest:
+    """Validate a parsed body against the deployment's limits.
+
+    ``stream_default`` is what a body without ``stream`` means: True at ``/api/generate``
+    (the browser helpers and the AI SDK hooks never send it), False at the OpenAI-compatible
+    ``/api/v1`` paths, where the OpenAI API's own rule holds.
+    """
+    prompt = body.get("prompt")
+    messages = body.get("messages")
+    if prompt is not None and messages is not None:
+        raise RequestError("Send either prompt or messages, not both.", param="prompt")
+    if prompt is None and messages is None:
+        raise RequestError(
+            'The body needs a prompt ({"prompt": "..."}) or a messages list.', param="prompt"
+        )
+    shape: Shape = "completion" if prompt is not None else "chat"
+    ui = isinstance(messages, list) and any(
+        isinstance(m, dict) and "parts" in m and "content" not in m for m in messages
+    )
+    _check_fields(body, settings, ui)
+    stream = _stream(body, stream_default)
+
+    model = body.get("model")
+    if model is None:  # absent or null: the deployment's default
+        model = settings.default_model
+    if not isinstance(model, str) or model not in settings.allowed_models:
+        allowed = ", ".join(sorted(settings.allowed_models))
+        raise RequestError(f"model must be one of: {allowed}.", param="model")
+    max_tokens = _max_tokens(body, settings)
+    options = _options(body, shape)
+    include_usage = _include_usage(body)
+
     if prompt is not None:
         if not isinstance(prompt, str) or not prompt.strip():
             raise RequestError("prompt must be a non-empty string.", param="prompt")
@@ -307,21 +485,80 @@ def parse_request(body: dict[str, Any], settings: Settings) -> GenerateRequest:
             prompt=prompt,
             options=options,
             include_usage=include_usage,
+            stream=stream,
         )
-    parsed, ui = _messages(messages, settings)
+    collected = collect_messages(
+        messages,
+        max_messages=settings.max_messages,
+        policy=ImagePolicy(settings.image_url_schemes),
+    )
+    if collected.text_chars > settings.max_prompt_chars:
+        raise RequestError(
+            f"messages hold {collected.text_chars} characters; the limit is "
+            f"{settings.max_prompt_chars}.",
+            param="messages",
+        )
     return GenerateRequest(
         shape="chat",
         model=model,
         max_tokens=max_tokens,
-        messages=parsed,
+        messages=tuple(collected.messages),
         options=options,
         include_usage=include_usage,
-        ui_messages=ui,
+        ui_messages=collected.ui,
+        stream=stream,
+        message_chars=collected.text_chars,
+        message_bytes=collected.text_bytes,
+        images=collected.images,
+        low_detail_images=collected.low_detail_images,
     )
 
 
-def build_upstream_request(request: GenerateRequest, settings: Settings) -> UpstreamRequest:
-    """The one request we forward: our URL, our fields, always ``stream: true``."""
+def body_limit(settings: Settings) -> int:
+    """How much of a body is read: ``MAX_IMAGE_BODY_BYTES`` when images are on (a data URL is
+    large), else ``MAX_BODY_BYTES``; :func:`parse_body` holds image-less bodies to the latter."""
+    if settings.image_url_schemes:
+        return max(settings.max_body_bytes, settings.max_image_body_bytes)
+    return settings.max_body_bytes
+
+
+def parse_body(raw: bytes, settings: Settings, *, stream_default: bool = True) -> GenerateRequest:
+    """The body, parsed and validated; a body over ``MAX_BODY_BYTES`` that carries no image is
+    a 413 whatever else is wrong with it."""
+    too_large = len(raw) > settings.max_body_bytes
+    try:
+        request = parse_request(parse_json_object(raw), settings, stream_default=stream_default)
+    except RequestError:
+        if too_large:
+            raise _too_large(settings) from None
+        raise
+    if too_large and not request.images:
+        raise _too_large(settings)
+    return request
+
+
+def _too_large(settings: Settings) -> BodyTooLarge:
+    return BodyTooLarge(
+        f"The request body is larger than the limit of {settings.max_body_bytes} bytes "
+        f"(a body with images may have up to {settings.max_image_body_bytes})."
+    )
+
+
+def safety_identifier(client_id: str, secret: str | None) -> str:
+    """OpenAI's ``safety_identifier`` for an authenticated client: an HMAC-SHA256 of its id
+    (keyed with ``AUTH_SIGNING_SECRET`` when set), so a provider's abuse report names a user the
+    operator can find (by computing the same value) and the provider learns no user id."""
+    key = (secret or "").encode("utf-8")
+    digest = hmac.new(key, client_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    return "sf-" + digest[:32]
+
+
+def build_upstream_request(
+    request: GenerateRequest, settings: Settings, *, safety_id: str | None = None
+) -> UpstreamRequest:
+    """The one request we forward: our URL, our fields, always ``stream: true`` (a caller
+    without ``stream`` gets the stream aggregated into one object by the relay). With
+    protection on, ``safety_id`` is the authenticated client's :func:`safety_identifier`."""
     payload: dict[str, Any] = {"model": request.model}
     use_completions = request.prompt is not None and settings.prompt_endpoint == "completions"
     if use_completions:
@@ -330,8 +567,16 @@ def build_upstream_request(request: GenerateRequest, settings: Settings) -> Upst
         payload["messages"] = [{"role": "user", "content": request.prompt}]
     else:
         payload["messages"] = list(request.messages)
-    payload["max_tokens"] = request.max_tokens
+    # The legacy completions endpoint knows only max_tokens; chat takes the deployment's field.
+    payload["max_tokens" if use_completions else settings.max_tokens_field] = request.max_tokens
     payload.update(request.options)
+    if safety_id is not None:
+        if "safety_identifier" in request.options:
+            raise RequestError(
+                "safety_identifier is set by this deployment for authenticated clients.",
+                param="safety_identifier",
+            )
+        payload["safety_identifier"] = safety_id
     payload["stream"] = True
     if settings.upstream_include_usage:
         payload["stream_options"] = {"include_usage": True}

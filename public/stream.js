@@ -6,7 +6,8 @@
 //                                 { onText: (delta) => out.append(delta), signal: stop.signal });
 //
 // Reads all three output formats: OpenAI-compatible SSE (chat or completion chunks), the AI SDK
-// UI message stream (`?format=ui`) and plain text (`?format=text`). Decoding is incremental
+// UI message stream (`?format=ui`) and plain text (`?format=text`), with the reasoning and tool
+// calls of the first two (onReasoning, onToolStart, onToolDelta, onToolCall). Decoding is incremental
 // (TextDecoder with {stream: true}, so a character split across reads comes out whole), and the
 // SSE parser follows the WHATWG rules: CR, LF and CRLF line ends, multi-line data, comments
 // (keep-alives) and unknown fields ignored, an unterminated last event discarded.
@@ -71,9 +72,16 @@ export class SSEParser {
   }
 }
 
-/** The text one event adds, or null when the event ends the stream. Throws on an error event. */
-function textOfEvent(data) {
-  if (data === "[DONE]") return null;
+/**
+ * Feeds one event to the sink (text, reasoning, tool calls); false when it ends the stream.
+ * Throws on an error event. Tool calls come whole to onToolCall({id, name, input}), after
+ * onToolStart({id, name}) and onToolDelta({id, delta}) while their arguments stream.
+ */
+function handleEvent(data, sink) {
+  if (data === "[DONE]") {
+    sink.finishTools();
+    return false;
+  }
   const event = JSON.parse(data);
   if (event.error) {
     const err = event.error;
@@ -81,14 +89,67 @@ function textOfEvent(data) {
   }
   if (typeof event.type === "string") {
     // AI SDK UI message stream
-    if (event.type === "text-delta") return event.delta;
-    if (event.type === "error") throw new StreamError(event.errorText);
-    return "";
+    const t = event.type;
+    if (t === "text-delta") sink.text(event.delta);
+    else if (t === "reasoning-delta") sink.onReasoning(event.delta);
+    else if (t === "tool-input-start") sink.onToolStart({ id: event.toolCallId, name: event.toolName });
+    else if (t === "tool-input-delta") sink.onToolDelta({ id: event.toolCallId, delta: event.inputTextDelta });
+    else if (t === "tool-input-available") {
+      sink.onToolCall({ id: event.toolCallId, name: event.toolName, input: event.input });
+    } else if (t === "tool-input-error") {
+      throw new StreamError(`The model called ${event.toolName} with input that is not JSON.`);
+    } else if (t === "error") throw new StreamError(event.errorText);
+    return true;
   }
   const choice = event.choices && event.choices[0];
-  if (!choice) return ""; // e.g. the usage chunk
-  if (choice.delta) return choice.delta.content || "";
-  return choice.text || "";
+  if (!choice) return true; // e.g. the usage chunk
+  const delta = choice.delta;
+  if (!delta) {
+    sink.text(choice.text || "");
+    return true;
+  }
+  const thought = delta.reasoning_content || delta.reasoning;
+  if (typeof thought === "string" && thought) sink.onReasoning(thought);
+  sink.text(delta.content || "");
+  for (const call of delta.tool_calls || []) sink.toolFragment(call);
+  if (choice.finish_reason) sink.finishTools();
+  return true;
+}
+
+/** Assembles OpenAI chat tool-call fragments (interleaved by index) into whole calls. */
+function toolAssembler(callbacks) {
+  const calls = new Map();
+  return {
+    fragment(piece) {
+      let call = calls.get(piece.index);
+      if (!call) {
+        call = { id: piece.id || `call-${piece.index}`, name: "", args: "", started: false };
+        calls.set(piece.index, call);
+      }
+      const fn = piece.function || {};
+      if (fn.name && !call.name) call.name = fn.name;
+      if (fn.arguments) call.args += fn.arguments;
+      if (!call.started && call.name) {
+        call.started = true;
+        callbacks.onToolStart({ id: call.id, name: call.name });
+        if (call.args) callbacks.onToolDelta({ id: call.id, delta: call.args });
+      } else if (call.started && fn.arguments) {
+        callbacks.onToolDelta({ id: call.id, delta: fn.arguments });
+      }
+    },
+    finish() {
+      for (const call of calls.values()) {
+        let input;
+        try {
+          input = call.args.trim() ? JSON.parse(call.args) : {};
+        } catch {
+          throw new StreamError(`The model called ${call.name} with input that is not JSON.`);
+        }
+        callbacks.onToolCall({ id: call.id, name: call.name, input, arguments: call.args });
+      }
+      calls.clear();
+    },
+  };
 }
 
 async function httpError(response) {
@@ -105,9 +166,19 @@ async function httpError(response) {
 
 /**
  * POST `body` as JSON to `url` and call `onText(delta)` for every piece of text as it arrives.
- * Resolves with the whole text once the stream ended cleanly.
+ * Resolves with the whole text once the stream ended cleanly. Optional: `onReasoning(delta)`
+ * for a thinking model's reasoning, and `onToolStart`, `onToolDelta`, `onToolCall` for tool
+ * calls (openai chat chunks and the ui format carry both; text and completion chunks do not).
  */
-export async function streamText(url, body, { onText = () => {}, signal, headers = {} } = {}) {
+export async function streamText(url, body, options = {}) {
+  const { onText = () => {}, signal, headers = {} } = options;
+  const noop = () => {};
+  const callbacks = {
+    onReasoning: options.onReasoning || noop,
+    onToolStart: options.onToolStart || noop,
+    onToolDelta: options.onToolDelta || noop,
+    onToolCall: options.onToolCall || noop,
+  };
   const response = await fetch(url, {
     method: "POST",
     headers: { "Content-Type": "application/json", ...headers },
@@ -125,6 +196,13 @@ export async function streamText(url, body, { onText = () => {}, signal, headers
     text += delta;
     onText(delta);
   };
+  const tools = toolAssembler(callbacks);
+  const sink = {
+    ...callbacks,
+    text: emit,
+    toolFragment: tools.fragment,
+    finishTools: tools.finish,
+  };
   try {
     for (;;) {
       const { value, done } = await reader.read(); // a broken connection rejects here
@@ -135,9 +213,7 @@ export async function streamText(url, body, { onText = () => {}, signal, headers
         continue;
       }
       for (const data of parser.push(chunk)) {
-        const delta = textOfEvent(data);
-        if (delta === null) return text;
-        emit(delta);
+        if (!handleEvent(data, sink)) return text;
       }
     }
   } catch (error) {

@@ -5,13 +5,14 @@ aborts the request all the way to the upstream, and an origin not on the list is
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from dev.demo_upstream import DemoUpstream, Scenario, tokenize
+from dev.demo_upstream import REASONING, DemoUpstream, Scenario, tokenize
 from lib.config import PROJECT_ROOT
 from tests.conftest import Function
 from tests.jsdriver import NodeDriver
@@ -108,3 +109,61 @@ async def test_an_origin_not_on_the_list_is_refused(
     status = await node.call("wait_text", selector="#status", prefix="Error:")
     assert "fetch" in status["text"].lower()
     assert demo.seen == []  # the preflight failed, so the POST was never sent
+
+
+@pytest.mark.parametrize("fmt", ["", "ui"])
+async def test_the_chat_shows_reasoning_and_tool_calls(
+    browser: NodeDriver, site: str, make_function: MakeFunction, demo: DemoUpstream, fmt: str
+) -> None:
+    """The demo chat with Think and the weather tool on: the reasoning streams into a fold
+    that closes when the answer starts, the tool call shows as a card with its arguments and
+    the page's result, and the follow-up answer arrives, in both formats that carry them."""
+    function = await make_function(ALLOWED_ORIGINS=site)
+    node = await open_page(browser, site, function)
+    await node.call("fill", selector="#prompt", value="Weather in Paris?")
+    await node.call("select", selector="#format", value=fmt)
+    await node.call("click", selector="#think")
+    await node.call("click", selector="#tools")
+    await node.call("click", selector="#generate")
+    await node.call("wait_text", selector="#status", prefix="Done.")
+    out = await node.call("text", selector="#output")
+    assert (
+        out["text"]
+        == 'The tool answered: {"city":"Paris","temp_c":21,"sky":"sunny"}. That is my answer.'
+    )
+    assert out["consoleErrors"] == []
+    assert (await node.call("text", selector=".thinking .reasoning"))["text"] == REASONING
+    assert (await node.call("count", selector="details.thinking"))["count"] == 2  # both steps
+    assert (await node.call("attribute", selector="details.thinking", name="open"))["value"] is None
+    await node.call("click", selector="details.thinking summary")  # it unfolds on a click
+    assert (await node.call("attribute", selector="details.thinking", name="open"))["value"] == ""
+    assert (await node.call("text", selector=".tool-name"))["text"] == "get_weather"
+    assert (await node.call("text", selector=".tool-args"))["text"] == '{"city":"Paris"}'
+    result = (await node.call("text", selector=".tool-result"))["text"]
+    assert result == '→ {"city":"Paris","temp_c":21,"sky":"sunny"}'
+    first, second = (seen.json for seen in demo.seen)
+    assert first["reasoning_effort"] == "low"
+    assert first["tools"][0]["function"]["name"] == "get_weather"
+    assert second["messages"][1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert second["messages"][2]["role"] == "tool"
+
+
+async def test_the_chat_sends_an_attached_image(
+    browser: NodeDriver, site: str, make_function: MakeFunction, demo: DemoUpstream
+) -> None:
+    function = await make_function(ALLOWED_ORIGINS=site)
+    demo.push(Scenario(text="A red dot."))
+    node = await open_page(browser, site, function)
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()
+    await node.call("upload", selector="#image", name="dot.png", mimeType="image/png", base64=png)
+    await node.call("wait_text", selector="#attached", prefix="dot.png")
+    await node.call("fill", selector="#prompt", value="What is this?")
+    await node.call("click", selector="#generate")
+    await node.call("wait_text", selector="#status", prefix="Done.")
+    assert (await node.call("text", selector="#output"))["text"] == "I see 1 image. A red dot."
+    (message,) = demo.seen[0].json["messages"]
+    assert message["content"] == [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png}},
+    ]
+    assert (await node.call("count", selector=".user .bubble img"))["count"] == 1

@@ -106,6 +106,7 @@ async def test_default_chat_transport(
         "status": "ready",
         "error": None,
         "text": TEXT,
+        "parts": out["parts"],
         "finish": {"finishReason": "stop", "isError": False},
         "raw": out["raw"],
     }

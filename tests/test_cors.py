@@ -46,7 +46,7 @@ async def test_preflight_from_an_allowed_origin(
     assert resp.status == 204
     assert cors_headers(resp) == {
         "access-control-allow-origin": OTHER,
-        "access-control-allow-methods": "POST, OPTIONS",
+        "access-control-allow-methods": "GET, POST, OPTIONS",
         "access-control-allow-headers": "accept, authorization, content-type, user-agent",
         "access-control-max-age": "300",
     }

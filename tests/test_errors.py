@@ -93,8 +93,17 @@ async def test_declared_oversize_body_gets_413(
     assert (await error_of(resp))["type"] == "request_too_large"
 
 
-async def test_chunked_oversize_body_gets_413_without_reading_the_rest(function: Function) -> None:
-    """The upload never finishes; the 413 must come anyway, as soon as the cap is passed."""
+@pytest.mark.parametrize(
+    "env",
+    [{"IMAGE_URL_SCHEMES": "none"}, {"MAX_IMAGE_BODY_BYTES": "70000"}],
+    ids=["images off: MAX_BODY_BYTES", "images on: MAX_IMAGE_BODY_BYTES"],
+)
+async def test_chunked_oversize_body_gets_413_without_reading_the_rest(
+    make_function: MakeFunction, env: dict[str, str]
+) -> None:
+    """The upload never finishes; the 413 must come anyway, as soon as the cap that applies to
+    reading is passed (the larger image cap when images are on)."""
+    function = await make_function(**env)
     host, port = function.url.split("/")[2].split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     writer.write(
@@ -146,7 +155,7 @@ BAD_BODIES: list[tuple[str, bytes, str | None]] = [
     ("messages empty", b'{"messages": []}', "messages"),
     ("messages not a list", b'{"messages": "hi"}', "messages"),
     ("message not an object", b'{"messages": ["hi"]}', "messages[0]"),
-    ("bad role", b'{"messages": [{"role": "tool", "content": "x"}]}', "messages[0].role"),
+    ("bad role", b'{"messages": [{"role": "robot", "content": "x"}]}', "messages[0].role"),
     (
         "content not a string",
         b'{"messages": [{"role": "user", "content": 1}]}',
@@ -166,7 +175,7 @@ BAD_BODIES: list[tuple[str, bytes, str | None]] = [
     ("stop too many", b'{"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}', "stop"),
     ("stop not strings", b'{"prompt": "a", "stop": [1]}', "stop"),
     ("stop empty", b'{"prompt": "a", "stop": ""}', "stop"),
-    ("stream false", b'{"prompt": "a", "stream": false}', "stream"),
+    ("stream not a bool", b'{"prompt": "a", "stream": "yes"}', "stream"),
     ("stream_options not object", b'{"prompt": "a", "stream_options": 1}', "stream_options"),
 ]
 

@@ -3,6 +3,8 @@ what the slow path does: same bytes, same finish reason and usage, same in-band 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from lib.errors import APIError
@@ -101,3 +103,91 @@ def test_fast_path_matches_slow_path_ai_formats(start: int) -> None:
         slow, slow_outcome = run(make(), datas, fast=False)
         assert fast == slow, make
         assert fast_outcome.events == slow_outcome.events
+
+
+def delta_chunk(delta: str, *, reason: str = "null") -> str:
+    return f'{HEAD}[{{"index":0,"delta":{delta},"finish_reason":{reason}}}],"usage":null}}'
+
+
+def thought(text: str, key: str = "reasoning_content") -> str:
+    return delta_chunk(f'{{"{key}":"{text}"}}')
+
+
+def fragment(text: str, index: int = 0) -> str:
+    return delta_chunk(
+        f'{{"tool_calls":[{{"index":{index},"function":{{"arguments":"{text}"}}}}]}}'
+    )
+
+
+def opening(index: int, call_id: str, name: str) -> str:
+    function = f'{{"name":"{name}","arguments":""}}'
+    call = f'{{"index":{index},"id":"{call_id}","type":"function","function":{function}}}'
+    return delta_chunk(f'{{"tool_calls":[{call}]}}')
+
+
+# Reasoning and tool calls: the template learns their strings too (issue 12).
+BEYOND_TEXT = [
+    thought("Let"),
+    thought(" me"),
+    thought(" think \u00f6"),
+    thought(" \\u00f6 escaped"),
+    thought(" other key", key="reasoning"),
+    thought(" again"),
+    content("Answer"),
+    content(" text"),
+    fragment('{\\"x'),  # escaped: slow path, and before the call opened
+    opening(0, "a", "f"),
+    fragment("{"),
+    fragment("x"),
+    fragment(":1"),
+    fragment("", index=0),
+    opening(1, "b", "g"),
+    fragment("[", index=1),
+    fragment("2]", index=1),
+    fragment("}"),
+    thought(" late"),
+    thought(" thought"),
+    fragment("y"),
+    delta_chunk('{"tool_calls":[{"index":true,"function":{"arguments":"z"}}]}'),
+    delta_chunk("{}", reason='"tool_calls"'),
+    "[DONE]",
+]
+
+
+@pytest.mark.parametrize("start", range(0, len(BEYOND_TEXT), 3))
+def test_fast_path_matches_slow_path_for_reasoning_and_tool_calls(start: int) -> None:
+    from lib.aisdk import TextStream, UIMessageStream
+    from lib.formats import WholeResponse
+
+    datas = BEYOND_TEXT[start:] + BEYOND_TEXT[:start]
+    makers: list[Callable[[], Format]] = [
+        lambda: OpenAIChat(include_usage=False),
+        lambda: OpenAICompletion(include_usage=False),
+        UIMessageStream,
+        TextStream,
+        lambda: WholeResponse(shape="chat"),
+    ]
+    for make in makers:
+        fast_fmt, slow_fmt = make(), make()
+        fast, fast_outcome = run(fast_fmt, datas, fast=True)
+        slow, slow_outcome = run(slow_fmt, datas, fast=False)
+        assert fast == slow, fast_fmt
+        assert fast_fmt.close() == slow_fmt.close(), fast_fmt
+        for name in ("done", "events", "finish_reason"):
+            assert getattr(fast_outcome, name) == getattr(slow_outcome, name), name
+
+
+def test_fast_path_is_taken_for_reasoning_and_arguments() -> None:
+    from lib.aisdk import UIMessageStream
+
+    template = _ContentTemplate()
+    fmt = UIMessageStream()
+    outcome = _Outcome()
+    _translate_events([Event(thought("a")), Event(thought("b"))], fmt, outcome, None, template)
+    assert template.kind == "reasoning_content"
+    assert template.match(thought(" more")) == " more"
+    for data in (opening(0, "a", "f"), fragment("{"), fragment("}")):
+        _translate_events([Event(data)], fmt, outcome, None, template)
+    assert template.kind == "arguments"
+    assert template.match(fragment("x")) == "x"
+    assert template.match(fragment("x", index=1)) is None  # another call: parsed

@@ -282,10 +282,13 @@ async def test_use_chat_history_with_other_parts(
             {
                 "id": "m2",
                 "role": "assistant",
+                "metadata": {"any": "thing"},
                 "parts": [
                     {"type": "step-start"},
                     {"type": "reasoning", "text": "thinking...", "state": "done"},
                     {"type": "text", "text": "Hello", "state": "done"},
+                    {"type": "source-url", "sourceId": "s1", "url": "https://example.com"},
+                    {"type": "data-note", "data": {"x": 1}},
                 ],
             },
             {
@@ -297,15 +300,33 @@ async def test_use_chat_history_with_other_parts(
                     {"type": "text", "text": "now?"},
                 ],
             },
-            {"id": "m4", "role": "user", "parts": [{"type": "data-note", "data": {"x": 1}}]},
         ],
     }
     resp = await post(http, function.url, body)
     assert resp.headers["x-vercel-ai-ui-message-stream"] == "v1"
     await resp.read()
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}
     assert demo.seen[0].json["messages"] == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi"},
-        {"role": "assistant", "content": "Hello"},  # reasoning and step parts are dropped
-        {"role": "user", "content": "And now?"},  # text parts joined; the file is dropped
-    ]  # a message with no text part at all is left out
+        # reasoning, step, source and data parts are display artefacts: not sent back
+        {"role": "assistant", "content": "Hello"},
+        # text parts joined; the image file becomes an image_url part, in the caller's order
+        {"role": "user", "content": [image, {"type": "text", "text": "And now?"}]},
+    ]
+
+
+async def test_use_chat_message_with_nothing_to_send_is_a_400(
+    function: Function, demo: DemoUpstream, http: aiohttp.ClientSession
+) -> None:
+    """A user message is never left out: one the model cannot read is refused, named."""
+    body = {
+        "messages": [
+            {"id": "m1", "role": "user", "parts": [{"type": "text", "text": "Hi"}]},
+            {"id": "m2", "role": "user", "parts": [{"type": "data-note", "data": {"x": 1}}]},
+        ]
+    }
+    resp = await post(http, function.url, body)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "messages[1].parts"
+    assert demo.seen == []

@@ -39,18 +39,65 @@ json_value = st.recursive(
     ),
     max_leaves=12,
 )
-role = st.sampled_from(["user", "system", "assistant", "tool", "", "USER"])
+role = st.sampled_from(["user", "system", "developer", "assistant", "tool", "", "USER"])
+url = st.sampled_from(["https://x.example/a.png", "data:image/png;base64,AA==", "file:///x", ""])
+ui_part = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(
+            ["text", "file", "reasoning", "step-start", "tool-get_weather", "dynamic-tool", "x"]
+        )
+    },
+    optional={
+        "text": st.text(max_size=20) | json_value,
+        "mediaType": st.sampled_from(["image/png", "application/pdf"]) | json_value,
+        "url": url | json_value,
+        "toolCallId": st.text(max_size=5) | json_value,
+        "toolName": st.text(max_size=5) | json_value,
+        "state": st.sampled_from(["input-available", "output-available", "output-error"]),
+        "input": json_value,
+        "output": json_value,
+        "errorText": json_value,
+    },
+)
+content_part = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "image_url", "input_audio"])},
+    optional={
+        "text": st.text(max_size=10) | json_value,
+        "image_url": st.fixed_dictionaries(
+            {"url": url | json_value}, optional={"detail": json_value}
+        )
+        | json_value,
+    },
+)
+tool_call = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.text(max_size=5) | json_value,
+        "type": st.just("function") | json_value,
+        "function": st.fixed_dictionaries(
+            {}, optional={"name": st.text(max_size=5) | json_value, "arguments": json_value}
+        )
+        | json_value,
+    },
+)
 message = st.fixed_dictionaries(
     {},
     optional={
         "role": role | json_value,
-        "content": st.text(max_size=40) | json_value,
-        "parts": st.lists(
-            st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=20)}),
-            max_size=3,
-        )
-        | json_value,
+        "content": st.text(max_size=40) | st.lists(content_part, max_size=3) | json_value,
+        "parts": st.lists(ui_part, max_size=3) | json_value,
         "id": st.text(max_size=5),
+        "tool_calls": st.lists(tool_call, max_size=2) | json_value,
+        "tool_call_id": st.text(max_size=5) | json_value,
+    },
+)
+tool = st.fixed_dictionaries(
+    {"type": st.just("function") | json_value},
+    optional={
+        "function": st.fixed_dictionaries(
+            {}, optional={"name": st.text(max_size=8) | json_value, "parameters": json_value}
+        )
+        | json_value
     },
 )
 request_object = st.fixed_dictionaries(
@@ -69,6 +116,15 @@ request_object = st.fixed_dictionaries(
         "trigger": st.text(max_size=10),
         "id": st.text(max_size=10),
         "n": st.integers(-2, 5),
+        "tools": st.lists(tool, max_size=2) | json_value,
+        "tool_choice": st.sampled_from(["auto", "none", "required", "x"]) | json_value,
+        "parallel_tool_calls": json_value,
+        "response_format": st.fixed_dictionaries({"type": json_value}) | json_value,
+        "reasoning_effort": st.sampled_from(["low", "max"]) | json_value,
+        "logprobs": json_value,
+        "top_logprobs": json_value,
+        "max_completion_tokens": st.integers(-5, 10**7) | json_value,
+        "safety_identifier": json_value,
     },
 )
 plausible = st.fixed_dictionaries(

@@ -76,13 +76,16 @@ async def test_messages_get_chat_chunks_and_usage_only_when_asked(
 async def test_prompt_with_chat_upstream_becomes_one_user_message(
     function: Function, demo: DemoUpstream, http: aiohttp.ClientSession
 ) -> None:
-    await (await post(http, function.url, {"prompt": "Tell me", "extra": 1, "api_key": "x"})).read()
+    refused = await post(http, function.url, {"prompt": "Tell me", "api_key": "x"})
+    assert refused.status == 400  # the caller never chooses the key (or anything unknown)
+    assert (await refused.json())["error"]["param"] == "api_key"
+    await (await post(http, function.url, {"prompt": "Tell me"})).read()
     seen = demo.seen[0]
     assert seen.path == "/v1/chat/completions"
     assert seen.json == {
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": "Tell me"}],
-        "max_tokens": 1024,
+        "max_completion_tokens": 1024,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
@@ -114,21 +117,23 @@ async def test_callers_options_are_forwarded_and_their_headers_are_not(
         "seed": 7,
         "stream": True,
         "user": "someone",
-        "base_url": "http://evil.example",
     }
+    evil = await post(http, function.url, {**body, "base_url": "http://evil.example"})
+    assert (await evil.json())["error"]["param"] == "base_url"  # a 400, never forwarded
     headers = {"Authorization": "Bearer caller-token", "X-Forwarded-Host": "evil.example"}
     await (await post(http, function.url, body, headers=headers)).read()
     seen = demo.seen[0]
     assert seen.json == {
         "model": "gpt-4o-mini",
         "messages": body["messages"],
-        "max_tokens": 10,
+        "max_completion_tokens": 10,
         "temperature": 0.5,
         "top_p": 1,
         "stop": ["\n", "END"],
         "presence_penalty": -1,
         "frequency_penalty": 2,
         "seed": 7,
+        "user": "someone",
         "stream": True,
         "stream_options": {"include_usage": True},
     }

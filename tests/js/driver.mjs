@@ -11,7 +11,15 @@ import {
   DefaultChatTransport,
   TextStreamChatTransport,
   callCompletionApi,
+  generateObject,
+  generateText,
+  isStepCount,
+  lastAssistantMessageIsCompleteWithToolCalls,
+  streamText,
+  tool,
 } from "ai";
+import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
+import { z } from "zod";
 import { EventSourceParserStream } from "eventsource-parser/stream";
 import { SignJWT, importJWK } from "jose";
 import { chromium } from "playwright-core";
@@ -129,18 +137,18 @@ const ops = {
     return { result: result ?? null, completion, error, raw, status: rec.statuses[0] ?? null };
   },
 
-  async chat({ api, text, transport }) {
+  async chat({ api, text, transport, body, files }) {
     const rec = recordingFetch();
     const Transport = transport === "text" ? TextStreamChatTransport : DefaultChatTransport;
     let finish = null;
     const chat = new NodeChat({
       id: "c1",
-      transport: new Transport({ api, fetch: rec.fetcher }),
+      transport: new Transport({ api, fetch: rec.fetcher, body }),
       onFinish: ({ finishReason, isError }) => {
         finish = { finishReason: finishReason ?? null, isError };
       },
     });
-    await chat.sendMessage({ text });
+    await chat.sendMessage(files ? { text, files } : { text });
     const reply = chat.messages.at(-1);
     const replyText = reply.role === "assistant"
       ? reply.parts.filter((p) => p.type === "text").map((p) => p.text).join("")
@@ -150,8 +158,108 @@ const ops = {
       status: chat.status,
       error: chat.error ? chat.error.message : null,
       text: replyText,
+      parts: reply.parts,
       finish,
       raw: rec.raw[0] ?? "",
+    };
+  },
+
+  /** useChat with a client-side tool: the call arrives (onToolCall), the app adds its output,
+   * and the SDK sends the follow-up by itself (lastAssistantMessageIsCompleteWithToolCalls). */
+  async chat_tool({ api, text, tools, output }) {
+    const rec = recordingFetch();
+    const requests = [];
+    const fetcher = (input, init) => {
+      requests.push(JSON.parse(init.body));
+      return rec.fetcher(input, init);
+    };
+    const calls = [];
+    let finished = 0;
+    let second;
+    const secondDone = new Promise((resolve) => {
+      second = resolve;
+    });
+    const chat = new NodeChat({
+      id: "c2",
+      transport: new DefaultChatTransport({ api, fetch: fetcher, body: { tools } }),
+      onToolCall: ({ toolCall }) => {
+        calls.push(toolCall);
+      },
+      sendAutomaticallyWhen: lastAssistantMessageIsCompleteWithToolCalls,
+      onFinish: () => {
+        finished += 1;
+        if (finished === 2) second();
+      },
+    });
+    await chat.sendMessage({ text });
+    const afterFirst = structuredClone(chat.messages.at(-1));
+    const call = calls[0];
+    await chat.addToolOutput({ tool: call.toolName, toolCallId: call.toolCallId, output });
+    await secondDone;
+    await rec.settled();
+    return {
+      calls,
+      afterFirst,
+      final: structuredClone(chat.messages.at(-1)),
+      requests,
+      status: chat.status,
+      error: chat.error ? chat.error.message : null,
+    };
+  },
+
+  /** @ai-sdk/openai-compatible pointed at the function's /api/v1: streamText running a
+   * multi-step tool loop (the SDK executes the tool and calls again), generateText and
+   * generateObject (non-streaming calls). */
+  async compatible({ baseURL, model, prompt, mode }) {
+    const provider = createOpenAICompatible({
+      name: "fn",
+      baseURL,
+      apiKey: "caller-own-key",
+      includeUsage: true,
+      supportsStructuredOutputs: true,
+    });
+    if (mode === "generateText") {
+      const result = await generateText({ model: provider(model), prompt });
+      return { text: result.text, finishReason: result.finishReason, usage: result.usage };
+    }
+    if (mode === "generateObject") {
+      const result = await generateObject({
+        model: provider(model),
+        prompt,
+        schema: z.object({ city: z.string(), temp_c: z.number() }),
+      });
+      return { object: result.object };
+    }
+    const executed = [];
+    const result = streamText({
+      model: provider(model),
+      prompt,
+      providerOptions: { fn: { reasoningEffort: "low" } },
+      tools: {
+        get_weather: tool({
+          description: "The weather in a city.",
+          inputSchema: z.object({ city: z.string() }),
+          execute: async ({ city }) => {
+            executed.push(city);
+            return { city, temp_c: 21 };
+          },
+        }),
+      },
+      stopWhen: isStepCount(3),
+    });
+    let text = "";
+    let reasoning = "";
+    for await (const part of result.fullStream) {
+      if (part.type === "text-delta") text += part.text;
+      if (part.type === "reasoning-delta") reasoning += part.text;
+      if (part.type === "error") throw part.error;
+    }
+    const steps = await result.steps;
+    return {
+      text,
+      reasoning,
+      executed,
+      finishReasons: steps.map((step) => step.finishReason),
     };
   },
 
@@ -229,6 +337,19 @@ const ops = {
       { timeout },
     );
     return { text: await page.textContent(selector) };
+  },
+
+  async upload({ selector, name, mimeType, base64 }) {
+    await page.setInputFiles(selector, { name, mimeType, buffer: Buffer.from(base64, "base64") });
+    return {};
+  },
+
+  async attribute({ selector, name }) {
+    return { value: await page.getAttribute(selector, name) };
+  },
+
+  async count({ selector }) {
+    return { count: await page.locator(selector).count() };
   },
 
   async text({ selector }) {
