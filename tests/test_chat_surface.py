@@ -651,5 +651,6 @@ async def test_a_non_streamed_answer_that_fails_is_still_charged(
     assert resp.status == 502
     await resp.read()
     line = (await wait_requests(logs, 1))[-1]
-    # the prompt estimate (3 + 4), plus one per chunk read: the role chunk and two with text
-    assert line["tokens_charged"] == 3 + 4 + 3
+    # the prompt estimate (11 UTF-8 bytes, 4 per message, 3 for the reply's priming), plus one
+    # per chunk read: the role chunk and two with text
+    assert line["tokens_charged"] == 11 + 4 + 3 + 3
