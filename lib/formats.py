@@ -29,7 +29,13 @@ Chunk = dict[str, Any]
 
 
 class Format(Protocol):
-    """The contract between the relay and an output format."""
+    """What differs per output format; :class:`lib.translate.Translator` does the rest.
+
+    Every method is pure: it returns bytes and writes nothing. ``chunk`` gets every parsed
+    upstream chunk (already checked for shape, errors and ``[DONE]``); ``delta`` and
+    ``other_delta`` are its fast path for chunks left unparsed, and must return exactly what
+    ``chunk`` would for them, or None to have the chunk parsed and given to ``chunk`` after all.
+    """
 
     name: str
     headers: tuple[tuple[bytes, bytes], ...]
@@ -42,14 +48,16 @@ class Format(Protocol):
         """One upstream chunk (its raw JSON text and parsed form) as output bytes."""
         ...
 
-    # Optional fast path, looked up by the relay with getattr:
-    #   def delta(self, data: str, text: str, like: Chunk) -> bytes | None
-    # A plain content chunk (lib/relay.py, _ContentTemplate) left unparsed: its raw JSON, its
-    # text (no quote, backslash or control character) and ``like``, a parsed chunk identical
-    # but for the text. Returns exactly what ``chunk`` would; None means "parse it after all".
-    #   def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None
-    # The same for a chunk whose delta holds only reasoning (``kind`` reasoning_content or
-    # reasoning) or only one tool call's next arguments fragment (``kind`` arguments).
+    def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
+        """A plain content chunk left unparsed (lib/translate.py, ContentTemplate): its raw
+        JSON, its text (no quote, backslash or control character) and ``like``, a parsed chunk
+        identical but for the text."""
+        ...
+
+    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+        """The same for a chunk whose delta holds only reasoning (``kind`` reasoning_content or
+        reasoning) or only one tool call's next arguments fragment (``kind`` arguments)."""
+        ...
 
     def close(self) -> bytes:
         """The clean end of a complete answer."""
