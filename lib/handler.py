@@ -37,7 +37,14 @@ from lib.formats import Format, WholeResponse
 from lib.limits import Limiter, client_key
 from lib.log import RequestLog, emit, logger, warn
 from lib.negotiate import check_fit, choose_format, requested_format, v1_route, v1_semantics
-from lib.relay import BreakConnection, quiet_broken_connections, relay, relay_whole
+from lib.relay import (
+    BreakConnection,
+    clock_for,
+    quiet_broken_connections,
+    relay,
+    relay_whole,
+    translator_for,
+)
 from lib.request import (
     UpstreamRequest,
     body_limit,
@@ -275,29 +282,13 @@ class GenerateHandler:
                 raise DeadlineExceeded(
                     "The upstream did not answer before the function's time limit."
                 ) from None
+            clock = clock_for(settings, started=started, cut_at=cut_at)
+            translator = translator_for(fmt, settings)
             if isinstance(fmt, WholeResponse):
                 fmt.accepted = True
-                await relay_whole(
-                    stream,
-                    fmt,
-                    exchange,
-                    log,
-                    settings=settings,
-                    headers=headers,
-                    cut_at=cut_at,
-                    started=started,
-                )
+                await relay_whole(stream, translator, fmt, exchange, log, clock, headers)
                 return
-            await relay(
-                stream,
-                fmt,
-                exchange,
-                log,
-                settings=settings,
-                headers=headers,
-                cut_at=cut_at,
-                started=started,
-            )
+            await relay(stream, translator, exchange, log, clock, headers)
 
     def _configured(self) -> tuple[Settings, UpstreamClient, str]:
         """The settings, or the 500 that says which variable to fix."""

@@ -1,9 +1,13 @@
-"""The relay loop: upstream bytes -> SSE events -> the caller's format -> ASGI send.
+"""The pump: reads the upstream, feeds the translator, writes to the caller; owns I/O and time.
+
+What the bytes mean is the translator's (``lib/translate.py``); when each limit expires is the
+clock's (``lib/clock.py``).
 
 Each upstream event is written the moment it is complete, whole, in one write (events that
 arrived in the same read share it); nothing waits for a later event. While the upstream is
 silent the relay sends the format's keep-alive. It stops at the first of: ``[DONE]``, the end of
-the upstream body, an error, the idle limit, or the invocation deadline (minus its margin). A
+the upstream body, an error, or a limit of the clock (idle, maximum stream time, the invocation
+deadline minus its margin). A
 failure after the headers went out is never a clean end: it becomes the format's in-band error
 and the stream ends without ``[DONE]`` (or the connection breaks, for formats with no error
 channel). The upstream response is always closed in ``finally``.
@@ -17,8 +21,9 @@ import re
 from typing import Any
 
 from lib.asgi import Exchange
+from lib.clock import StreamClock
 from lib.config import Settings
-from lib.errors import APIError, DeadlineExceeded, StreamTooLong, UpstreamTimeout
+from lib.errors import APIError
 from lib.formats import Format, WholeResponse
 from lib.log import RequestLog
 from lib.translate import Translator
@@ -60,35 +65,41 @@ def translator_for(fmt: Format, settings: Settings) -> Translator:
     )
 
 
+def clock_for(settings: Settings, *, started: float, cut_at: float | None) -> StreamClock:
+    """The stream's clock, with the deployment's stream limits."""
+    return StreamClock(
+        started=started,
+        cut_at=cut_at,
+        idle=settings.idle_timeout,
+        keepalive=settings.keepalive_interval,
+        longest=settings.max_stream_seconds,
+        write_stall=settings.write_timeout,
+    )
+
+
 async def relay(
     stream: UpstreamStream,
-    fmt: Format,
+    translator: Translator,
     exchange: Exchange,
     log: RequestLog,
-    *,
-    settings: Settings,
+    clock: StreamClock,
     headers: list[tuple[bytes, bytes]],
-    cut_at: float | None,
-    started: float,
 ) -> None:
     """Stream one accepted upstream response to the caller."""
     loop = asyncio.get_running_loop()
-    translator = translator_for(fmt, settings)
     said = translator.said
+    clock.begin(loop.time())
     # Every write is bounded too: a caller that stops reading cannot hold the stream past the
-    # write-stall timeout, the deadline or MAX_STREAM_SECONDS (lib/asgi.Exchange.bound_writes).
-    longest = settings.max_stream_seconds
-    until = None if longest is None else loop.time() + longest
-    if cut_at is not None:
-        until = cut_at if until is None else min(until, cut_at)
-    exchange.bound_writes(settings.write_timeout, until)
+    # write-stall timeout, the deadline or MAX_STREAM_SECONDS.
+    exchange.bound_writes(clock)
     try:
-        await exchange.start(200, [*fmt.headers, *headers])
+        await exchange.start(200, [*translator.format.headers, *headers])
         opening = translator.open()
         if opening:
             await exchange.write(opening)
+        clock.wrote(loop.time())
         try:
-            await _pump(stream, translator, exchange, log, settings, cut_at, loop, started)
+            await _pump(stream, translator, exchange, log, clock)
         except APIError as error:
             log.error_type = error.type
             trailer = translator.fail(error)
@@ -109,22 +120,20 @@ async def relay(
 
 async def relay_whole(
     stream: UpstreamStream,
+    translator: Translator,
     whole: WholeResponse,
     exchange: Exchange,
     log: RequestLog,
-    *,
-    settings: Settings,
+    clock: StreamClock,
     headers: list[tuple[bytes, bytes]],
-    cut_at: float | None,
-    started: float,
 ) -> None:
-    """Gather one accepted upstream stream into one JSON answer, under the same limits and
-    deadline as a stream; a failure on the way is raised (nothing has been sent yet)."""
-    loop = asyncio.get_running_loop()
-    translator = translator_for(whole, settings)
+    """Gather one accepted upstream stream into one JSON answer (``whole``, the translator's
+    format), under the same limits and deadline as a stream; a failure on the way is raised
+    (nothing has been sent yet)."""
     said = translator.said
+    clock.begin(asyncio.get_running_loop().time())
     try:
-        await _pump(stream, translator, exchange, log, settings, cut_at, loop, started)
+        await _pump(stream, translator, exchange, log, clock)
         said.events = whole.chunks
         await exchange.respond(200, whole.close(), headers)
     finally:
@@ -142,68 +151,43 @@ async def _pump(
     translator: Translator,
     exchange: Exchange,
     log: RequestLog,
-    settings: Settings,
-    cut_at: float | None,
-    loop: asyncio.AbstractEventLoop,
-    started: float,
+    clock: StreamClock,
 ) -> None:
-    idle = settings.idle_timeout
-    keepalive = settings.keepalive_interval
-    last_data = last_write = loop.time()
-    # MAX_STREAM_SECONDS: a limit of its own, from the first byte sent, whatever the deadline.
-    longest = settings.max_stream_seconds
-    too_long_at = None if longest is None else last_data + longest
+    """Read, feed the translator, write, until the stream ends or a limit expires."""
+    time = asyncio.get_running_loop().time
     said = translator.said
-    while True:
-        now = loop.time()
-        wake = min(last_data + idle, last_write + keepalive)
-        if cut_at is not None:
-            wake = min(wake, cut_at)
-        if too_long_at is not None:
-            wake = min(wake, too_long_at)
+    while not said.done:
+        wake = clock.wake()
         # Bytes already buffered need no timer: a timeout per read costs more than relaying
-        # a small event does. A read that has to wait gets the idle/keep-alive/deadline timer.
-        chunk = stream.read_buffered() if now < wake else b""
+        # a small event does. A read that has to wait gets the clock's next wake-up.
+        chunk = stream.read_buffered() if time() < wake else b""
         try:
             if not chunk:
                 async with asyncio.timeout_at(wake):
                     chunk = await stream.read()
         except TimeoutError:
-            now = loop.time()
-            if cut_at is not None and now >= cut_at:
-                raise DeadlineExceeded(
-                    "The response was cut off at the function's time limit; it is incomplete."
-                ) from None
-            if too_long_at is not None and now >= too_long_at:
-                raise StreamTooLong(
-                    f"The response was cut off after {longest:g} s, the "
-                    "longest a stream may last here; it is incomplete."
-                ) from None
-            if now >= last_data + idle:
-                raise UpstreamTimeout(
-                    f"The upstream sent nothing for {idle:g} s; the response is incomplete."
-                ) from None
+            expired = clock.expired(time())
+            if expired is not None:
+                raise expired from None
             ping = translator.keepalive()
             if ping:
                 await exchange.write(ping)
-            last_write = loop.time()
+            clock.wrote(time())
             continue
         if not chunk:
-            break
-        last_data = loop.time()
+            translator.end()
+            return
+        clock.data(time())
         if log.first_upstream_byte_ms is None:
-            log.first_upstream_byte_ms = round((last_data - started) * 1000, 2)
+            log.first_upstream_byte_ms = clock.ms(clock.last_data)
         out, failure = translator.feed(chunk)
         if out:
             await exchange.write(out)
-            last_write = loop.time()
+            clock.wrote(time())
             if log.first_event_ms is None:
-                log.first_event_ms = round((last_write - started) * 1000, 2)
+                log.first_event_ms = clock.ms(clock.last_write)
         if failure is not None:
             raise failure
-        if said.done:
-            return
-    translator.end()
 
 
 def usage_counts(usage: Any) -> dict[str, Any] | None:
