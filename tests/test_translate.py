@@ -114,6 +114,7 @@ def test_upstream_error_event_ends_the_stream_with_the_key_redacted(
 )
 def test_malformed_events_are_protocol_errors(data: bytes, message: str) -> None:
     out, failure = Translator(OpenAIChat(include_usage=False)).feed(data)
+    assert out == b""
     assert isinstance(failure, UpstreamProtocolError)
     assert message in failure.message
 
