@@ -446,10 +446,6 @@ class Protection:
     jwt: JWTSettings | None = None
     ipv6_prefix: int = default("IPV6_PREFIX")
 
-    @property
-    def auth_required(self) -> bool:
-        return bool(self.auth_tokens or self.auth_signing_secret or self.jwt)
-
 
 @dataclass(frozen=True, slots=True)
 class JWTSettings:

@@ -181,16 +181,6 @@ class Limiter:
             self._warned_at[kind] = now
             warn(message)
 
-    @property
-    def enabled(self) -> bool:
-        p = self.protection
-        return bool(
-            p.rate_limit
-            or p.max_concurrent_streams
-            or p.global_max_concurrent_streams
-            or p.token_budget
-        )
-
     def _policy_header(self) -> Headers:
         p = self.protection
         items = []

@@ -39,6 +39,7 @@ from typing import Any
 from lib.errors import (
     APIError,
     RepetitiveOutput,
+    UpstreamLineTooLong,
     UpstreamProtocolError,
     UpstreamStreamError,
     UpstreamTruncated,
@@ -47,7 +48,7 @@ from lib.errors import (
 from lib.formats import Format
 from lib.log import warn
 from lib.repetition import RepetitionDetector
-from lib.sse import Event, SSEDecoder
+from lib.sse import Event, LineTooLong, SSEDecoder
 
 
 class Said:
@@ -103,9 +104,11 @@ class Translator:
 
     def feed(self, data: bytes) -> tuple[bytes, APIError | None]:
         """The bytes for the events one upstream read completed, and the failure that ended
-        them, if any. A line over the limit raises its :class:`~lib.errors.APIError`."""
+        them, if any."""
         try:
             return self.feed_events(self._decoder.feed(data))
+        except LineTooLong as exc:  # the events completed before it in this read are dropped
+            return b"", UpstreamLineTooLong(exc.limit)
         except _MALFORMED as exc:
             # A shape the checks in feed_events (_wrong_shape, the parser's recursion limit)
             # did not foresee: still the upstream's fault, still an in-band error, never a

@@ -45,12 +45,10 @@ _RETRY_AFTER = re.compile(r"[0-9]{1,10}(\.[0-9]{1,3})?|[A-Za-z0-9 ,:]{1,40} GMT"
 class UpstreamStream:
     """An accepted upstream response whose body is read chunk by chunk."""
 
-    __slots__ = ("_response", "content_type", "status")
+    __slots__ = ("_response",)
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
-        self.status = response.status
-        self.content_type = response.content_type
 
     async def read(self) -> bytes:
         """The next raw chunk as it arrived (``b""`` at the end). Safe to cancel: unread bytes

@@ -119,9 +119,13 @@ def test_malformed_events_are_protocol_errors(data: bytes, message: str) -> None
     assert message in failure.message
 
 
-def test_a_line_over_the_limit_raises() -> None:
-    with pytest.raises(UpstreamLineTooLong):
-        Translator(TextStream(), max_line_bytes=64).feed(b"data: " + b"x" * 100)
+def test_a_line_over_the_limit_is_a_502_protocol_error() -> None:
+    out, failure = Translator(TextStream(), max_line_bytes=64).feed(b"data: ok\n\n: " + b"x" * 100)
+    assert out == b""  # the stream is dead: the event before it in the read is dropped too
+    assert isinstance(failure, UpstreamLineTooLong)
+    assert isinstance(failure, UpstreamProtocolError)
+    assert failure.limit == 64
+    assert failure.status == 502
 
 
 @pytest.mark.parametrize("make", FORMATS)
