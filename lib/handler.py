@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from lib.asgi import (
@@ -63,39 +64,56 @@ def _model(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "streaming-function"}
 
 
-class GenerateHandler:
-    """The ASGI application behind ``/api/generate``."""
+class Misconfigured:
+    """The app a broken environment gets: every request is the 500 that names the variable to
+    fix (the import must not fail: the platform would turn that into an opaque error)."""
 
-    def __init__(self, settings: Settings | None, *, settings_error: str | None = None) -> None:
-        self.settings = settings
-        self._settings_error = settings_error
-        self.client = UpstreamClient(settings) if settings is not None else None
-        self.cors = CORSPolicy(
-            settings.allowed_origins if settings is not None else (),
-            max_age=settings.cors_max_age if settings is not None else 600,
+    def __init__(self, problem: str) -> None:
+        self.error = ConfigurationError(
+            f"The function is misconfigured: {problem}. Fix the environment variable and redeploy."
         )
+        warn(f"The function is misconfigured: {problem}.")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request_id = uuid.uuid4().hex
+        log = RequestLog(request_id=request_id, method=scope.get("method", ""))
+        log.error_type = self.error.type
+        exchange = Exchange(scope, receive, send)
+        try:
+            await exchange.respond_error(self.error, [(b"x-request-id", request_id.encode())])
+        finally:
+            log.status = exchange.status
+            emit(log)
+
+
+class GenerateHandler:
+    """The ASGI application behind ``/api/generate``, for settings that loaded."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = UpstreamClient(settings)
+        self.cors = CORSPolicy(settings.allowed_origins, max_age=settings.cors_max_age)
         quiet_broken_connections()
-        self.auth: Authenticator | None = None
-        self.limiter: Limiter | None = None
-        if settings is not None:
-            p = settings.protection
-            assert self.client is not None
-            self.auth = build_authenticator(p, self.client.fetch)
-            self.limiter = Limiter(p, max_duration=settings.max_duration)
-            if not self.auth.enabled and not p.rate_limit:
-                warn(
-                    "UNPROTECTED: this function spends your provider key for anyone who finds "
-                    "its URL: none of AUTH_TOKENS, AUTH_JWT_SECRET, AUTH_JWKS_URL or RATE_LIMIT "
-                    "is set. See docs/protection.md."
-                )
-            if p.auth_signing_secret is not None:
-                warn(
-                    "AUTH_SIGNING_SECRET (v1 tokens) is deprecated: mint HS256 JWTs with "
-                    "AUTH_JWT_SECRET instead. See docs/protection.md, Migrating from v1 tokens."
-                )
-        if settings_error is not None:
-            warn(f"The function is misconfigured: {settings_error}.")
-        elif settings is not None and not settings.openai_api_key:
+        p = settings.protection
+        self.auth: Authenticator = build_authenticator(p, self.client.fetch)
+        self.limiter = Limiter(p, max_duration=settings.max_duration)
+        if not self.auth.enabled and not p.rate_limit:
+            warn(
+                "UNPROTECTED: this function spends your provider key for anyone who finds "
+                "its URL: none of AUTH_TOKENS, AUTH_JWT_SECRET, AUTH_JWKS_URL or RATE_LIMIT "
+                "is set. See docs/protection.md."
+            )
+        if p.auth_signing_secret is not None:
+            warn(
+                "AUTH_SIGNING_SECRET (v1 tokens) is deprecated: mint HS256 JWTs with "
+                "AUTH_JWT_SECRET instead. See docs/protection.md, Migrating from v1 tokens."
+            )
+        if not settings.openai_api_key:
             warn("OPENAI_API_KEY is not set; every request will fail with 500 until it is.")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -172,8 +190,8 @@ class GenerateHandler:
             raise MethodNotAllowed(
                 f"Use GET to list models (got {method}).", headers={"Allow": "GET, OPTIONS"}
             )
-        settings, _, _ = self._configured()
-        assert self.auth is not None
+        settings = self.settings
+        self._api_key()
         scope = exchange.scope
         await self.auth.authenticate(header(scope, b"authorization"), header(scope, b"origin"))
         if route == "models":
@@ -205,9 +223,7 @@ class GenerateHandler:
             return
         if method != "POST":
             raise MethodNotAllowed(f"Use POST to call this endpoint (got {method}).")
-        settings, client, api_key = self._configured()
-        assert self.auth is not None
-        assert self.limiter is not None
+        settings, client, api_key = self.settings, self.client, self._api_key()
         scope = exchange.scope
         caller = await self.auth.authenticate(
             header(scope, b"authorization"), header(scope, b"origin")
@@ -290,29 +306,27 @@ class GenerateHandler:
                 return
             await relay(stream, translator, exchange, log, clock, headers)
 
-    def _configured(self) -> tuple[Settings, UpstreamClient, str]:
-        """The settings, or the 500 that says which variable to fix."""
-        if self.settings is None or self.client is None:
-            raise ConfigurationError(
-                f"The function is misconfigured: {self._settings_error}. Fix the environment "
-                "variable and redeploy."
-            )
+    def _api_key(self) -> str:
+        """The provider key, or the 500 that says to set it."""
         if not self.settings.openai_api_key:
             raise ConfigurationError(
                 "The server has no OPENAI_API_KEY configured. Set the OPENAI_API_KEY environment "
                 "variable for this function and redeploy."
             )
-        return self.settings, self.client, self.settings.openai_api_key
+        return self.settings.openai_api_key
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message: Any = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if self.client is not None:
-                    await self.client.close()
-                if self.limiter is not None:
-                    await self.limiter.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await _lifespan(receive, send, self.client.close, self.limiter.close)
+
+
+async def _lifespan(receive: Receive, send: Send, *closers: Callable[[], Awaitable[None]]) -> None:
+    """ASGI lifespan: nothing to start; at shutdown, close what the app holds."""
+    while True:
+        message: Any = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            for close in closers:
+                await close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
