@@ -3,7 +3,7 @@
 Both take chat- or completion-shaped upstream chunks (``choices[0].delta.content`` or
 ``choices[0].text``) and are pure, like the formats in ``lib/formats.py``.
 
-- :class:`UIMessageStream` is the AI SDK UI message stream v1 (CONTRACT.md section 3), byte for
+- :class:`UIMessageStream` is the AI SDK UI message stream v1 (docs/protocol.md section 4), byte for
   byte what ``streamText(...).toUIMessageStreamResponse()`` writes: ``start``, ``start-step``,
   ``text-start`` (id ``"0"``, sent with the first text), ``text-delta``..., ``text-end``,
   ``finish-step``, ``finish`` with the finish reason, ``[DONE]``. A mid-stream failure is what the

@@ -1,4 +1,8 @@
-"""Settings: read once from the environment into one frozen object.
+"""Settings: read once from the environment into one frozen object, from one table.
+
+Every numeric and boolean setting (name, type, bounds, default, doc line) is written once, in
+``SPECS``; the loader and the dataclass defaults read it. The others (URLs, lists, rates,
+enumerations) have a parser of their own below.
 
 ``load_settings`` takes the environment as a mapping so that tests pass a dict. A value that
 cannot be used raises ``SettingsError`` naming the variable and the value; a missing

@@ -1,10 +1,11 @@
-"""Output formats: what the caller receives for each upstream chunk.
+"""The Format protocol, and the OpenAI formats: chat and completion chunks, one JSON object.
 
 A format turns parsed upstream chunks (chat or completion shaped, whichever endpoint served the
 request) into whole output events, and knows how to end: cleanly, or with an in-band error the
-caller's client understands. The relay owns timing and I/O; formats are pure.
+caller's client understands. The translator (``lib/translate.py``) feeds it and the pump
+(``lib/relay.py``) owns timing and I/O; formats are pure. docs/protocol.md has every format.
 
-OpenAI-compatible output is canonical (CONTRACT.md section 2): LF line ends, one ``data:`` line
+OpenAI-compatible output is canonical (docs/protocol.md section 2): LF line ends, one ``data:`` line
 of compact JSON per event with every non-ASCII character escaped, so that a reader that decodes
 each network read on its own cannot corrupt a character. A chunk that already is canonical and
 needs no change goes through as the upstream's own text (no JSON round trip).
@@ -155,7 +156,7 @@ class OpenAICompletion(OpenAIChat):
 
     def keepalive(self) -> bytes | None:
         # The classic helper JSON-parses every event and reads choices[0].text: a comment would
-        # break it (CONTRACT.md section 6), an empty text chunk cannot.
+        # break it (docs/protocol.md section 3), an empty text chunk cannot.
         return KEEPALIVE_COMPLETION
 
 

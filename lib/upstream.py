@@ -2,7 +2,7 @@
 
 One ``ClientSession`` per process and event loop, created lazily inside the running loop on the
 first request and reused by every later one, so a warm function skips DNS, TCP and TLS set-up.
-aiohttp's defaults are wrong for a relay (CONTRACT.md section 6): its 300 s ``total`` timeout
+aiohttp's defaults are wrong for a relay (docs/protocol.md section 2): its 300 s ``total`` timeout
 would cut every long stream and its 100-connection pool would queue stream 101. Here the connect,
 first-byte and idle limits are separate, there is no total, and the pool size is a setting.
 
