@@ -31,15 +31,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from lib.asgi import Header
 from lib.errors import APIError
 from lib.formats import SSE_HEADERS, Chunk
 from lib.sse import DONE, encode_comment, encode_json
 
-UI_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+UI_HEADERS: tuple[Header, ...] = (
     *SSE_HEADERS,
     (b"x-vercel-ai-ui-message-stream", b"v1"),
 )
-TEXT_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+TEXT_HEADERS: tuple[Header, ...] = (
     (b"content-type", b"text/plain; charset=utf-8"),
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),

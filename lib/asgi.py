@@ -27,7 +27,8 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-Headers = Iterable[tuple[bytes, bytes]]
+Header = tuple[bytes, bytes]  # one header as ASGI carries it: lower-case name, value
+Headers = Iterable[Header]  # the one header type: every module uses these two
 CLOSE = (b"connection", b"close")
 
 

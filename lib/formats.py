@@ -17,10 +17,11 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from lib.asgi import Header
 from lib.errors import APIError
 from lib.sse import DONE, encode_comment, encode_json
 
-SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+SSE_HEADERS: tuple[Header, ...] = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),
@@ -39,7 +40,7 @@ class Format(Protocol):
     """
 
     name: str
-    headers: tuple[tuple[bytes, bytes], ...]
+    headers: tuple[Header, ...]
 
     def open(self) -> bytes:
         """Bytes to send right after the headers (may be empty)."""
@@ -230,7 +231,7 @@ def to_completion(chunk: Chunk) -> Chunk:
     return result
 
 
-JSON_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+JSON_HEADERS: tuple[Header, ...] = (
     (b"content-type", b"application/json"),
     (b"cache-control", b"no-store"),
 )

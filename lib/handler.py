@@ -17,6 +17,7 @@ from lib.asgi import (
     ClientDisconnected,
     ClientStalled,
     Exchange,
+    Header,
     Receive,
     Scope,
     Send,
@@ -165,14 +166,12 @@ class GenerateHandler:
             emit(log)
 
     @staticmethod
-    def _allow_header(error: APIError) -> list[tuple[bytes, bytes]]:
+    def _allow_header(error: APIError) -> list[Header]:
         if not isinstance(error, MethodNotAllowed) or "Allow" in error.headers:
             return []
         return [(b"allow", ALLOW)]
 
-    async def _v1(
-        self, exchange: Exchange, route: str, model: str, id_header: tuple[bytes, bytes]
-    ) -> None:
+    async def _v1(self, exchange: Exchange, route: str, model: str, id_header: Header) -> None:
         """``GET /api/v1/models`` and ``/api/v1/models/{id}`` in the OpenAI shape (the
         deployment's allowed models), and the JSON 404 for every other ``/api/v1`` path."""
         path = exchange.scope.get("path", "/api/v1")
@@ -209,7 +208,7 @@ class GenerateHandler:
         self,
         exchange: Exchange,
         log: RequestLog,
-        id_header: tuple[bytes, bytes],
+        id_header: Header,
         started: float,
     ) -> None:
         route = v1_route(exchange.scope.get("query_string", b""))
@@ -281,7 +280,7 @@ class GenerateHandler:
         api_key: str,
         upstream_request: UpstreamRequest,
         fmt: Format,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[Header],
         started: float,
     ) -> None:
         """Call upstream and relay its stream within the invocation's deadline."""

@@ -20,7 +20,7 @@ import logging
 import re
 from typing import Any
 
-from lib.asgi import Exchange
+from lib.asgi import Exchange, Header
 from lib.clock import StreamClock
 from lib.config import Settings
 from lib.errors import APIError
@@ -83,7 +83,7 @@ async def relay(
     exchange: Exchange,
     log: RequestLog,
     clock: StreamClock,
-    headers: list[tuple[bytes, bytes]],
+    headers: list[Header],
 ) -> None:
     """Stream one accepted upstream response to the caller."""
     loop = asyncio.get_running_loop()
@@ -125,7 +125,7 @@ async def relay_whole(
     exchange: Exchange,
     log: RequestLog,
     clock: StreamClock,
-    headers: list[tuple[bytes, bytes]],
+    headers: list[Header],
 ) -> None:
     """Gather one accepted upstream stream into one JSON answer (``whole``, the translator's
     format), under the same limits and deadline as a stream; a failure on the way is raised
