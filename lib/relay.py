@@ -211,8 +211,7 @@ async def _pump(
         chunk = stream.read_buffered() if now < wake else b""
         try:
             if not chunk:
-                async with asyncio.timeout_at(wake):
-                    chunk = await stream.read()
+                chunk = await stream.read_before(wake)
         except TimeoutError:
             now = loop.time()
             if cut_at is not None and now >= cut_at:
