@@ -11,6 +11,7 @@ and every later event completed. An SSE event is counted at each ``\\n\\n`` in t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -225,3 +226,38 @@ async def run_streams(
         return await stream_once(url, body, limit)
 
     return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def keep_busy(url: str, body: bytes, count: int) -> None:
+    """``count`` streams at once, each started again as soon as it ends, until cancelled."""
+
+    async def one() -> None:
+        while True:
+            await stream_once(url, body)
+
+    await asyncio.gather(*(one() for _ in range(count)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m bench.client URL --busy N --body JSON``: N streams against
+    URL without end, from a process of its own, so that a probe measuring the relay's latency
+    meanwhile is not slowed by its own client parsing the load. Prints ``READY <url>``."""
+    import argparse
+
+    from bench.procs import fast_loop_policy, raise_fd_limit
+
+    parser = argparse.ArgumentParser(description="keep a relay busy with N streams")
+    parser.add_argument("url")
+    parser.add_argument("--busy", type=int, default=8)
+    parser.add_argument("--body", required=True, help="the request body (JSON)")
+    args = parser.parse_args(argv)
+    body = args.body.encode()
+    raise_fd_limit()
+    fast_loop_policy()
+    print(f"READY {args.url}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(keep_busy(args.url, body, args.busy))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,5 @@
-"""The benchmark suite: W1 latency, W2 throughput and CPU, W3 concurrency, W4 cold start.
+"""The benchmark suite: W1 latency, W2 throughput and CPU, W3 concurrency at real pacing, W4
+cold start, W5 a new request on a busy instance, W6 every output format at real pacing.
 
     .venv/bin/python -m bench            # the whole suite (a few minutes)
     .venv/bin/python -m bench --quick    # the same machinery at small scale (about half a minute)
@@ -11,6 +12,7 @@ The client (bench/client.py) runs here. Within a round the subjects take turns, 
 rotates from round to round, so that the machine's drift hits them alike; each figure is the
 median over rounds with its min and max, and "added" means minus direct in the same round.
 W4 runs bench/cold_start.py when it is present. Results go to bench/results/.
+``--loop uvloop+httptools`` (or any of the loop / parser pairs) forces what the relays run on.
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ class Scale:
     w3_pace: float = 0.02
     w3_stagger: float = 1.0
     w4_runs: int = 7
+    w5_rounds: int = 5
+    w5_samples: int = 10
+    w6_rounds: int = 3
+    w6_streams: int = 100
 
 
 FULL = Scale()
@@ -72,6 +78,10 @@ QUICK = Scale(
     w3_tokens=50,
     w3_stagger=0.2,
     w4_runs=3,
+    w5_rounds=3,
+    w5_samples=5,
+    w6_rounds=1,
+    w6_streams=50,
 )
 
 
@@ -150,7 +160,7 @@ class Subjects:
     """The upstream and both relays for one workload; relays can be restarted fresh."""
 
     def __init__(self, pace: float, tokens: int, loop: str | None, logs: Path) -> None:
-        self._loop = loop
+        self._loop, _, self._http = (loop or "").partition("+")
         self._logs = logs
         self.upstream = Server(
             ["-m", "bench.upstream", "--pace", str(pace), "--tokens", str(tokens)],
@@ -167,6 +177,8 @@ class Subjects:
         args = ["-m", "bench.subject", kind, "--upstream", self.upstream.url]
         if self._loop:
             args += ["--loop", self._loop]
+        if self._http:
+            args += ["--http", self._http]
         server = Server(args, log=self._logs / f"{kind}.log")
         self.relays[kind] = server
         return server
@@ -372,6 +384,10 @@ async def w2(scale: Scale, loop: str | None, logs: Path) -> dict[str, Any]:
             round(statistics.median(paired), 2) if paired else None
         )
         out["ratio_ranges"][f"{v.name} cpu_vs_passthrough"] = summary(paired, 2)
+        rates = zip(samples[v.name], samples[v.baseline], strict=True)
+        out["ratio_ranges"][f"{v.name} events_per_s_vs_passthrough"] = summary(
+            [r for s, b in rates if (r := ratio(s["events_per_s"], b["events_per_s"]))], 2
+        )
     return out
 
 
@@ -386,9 +402,19 @@ async def _sample_rss(pid: int, peak: list[int], stop: asyncio.Event) -> None:
 
 
 async def w3(scale: Scale, loop: str | None, logs: Path) -> dict[str, Any]:
-    """N streams at once in one relay process (fresh for every run, so memory is its own)."""
+    """N paced streams at once in one relay process (fresh for every run, so memory is its own).
+
+    Besides each subject's own figures, every round gives paired ratios (issue 15): the
+    function's CPU per event, p99 gap and memory per stream over the pass-through's of the same
+    round, and each relay's delivered events per second over direct reading's: 1.0 when every
+    event arrived on its schedule, lower when the relay fell behind the pacing."""
     subjects = Subjects(scale.w3_pace, scale.w3_tokens, loop, logs)
     kinds = ["direct", "passthrough", "function"]
+    variants = {
+        "direct": Variant("direct", "direct", body=chat_body()),
+        "passthrough": Variant("passthrough", "passthrough", body=chat_body()),
+        "function": Variant("function", "function", body=FN_CHAT),
+    }
     out: dict[str, Any] = {
         "tokens": scale.w3_tokens,
         "pace_ms": scale.w3_pace * MS,
@@ -399,60 +425,210 @@ async def w3(scale: Scale, loop: str | None, logs: Path) -> dict[str, Any]:
             raw: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
             for rnd in range(scale.w3_rounds):
                 for kind in rotated(kinds, rnd):
-                    raw[kind].append(await _w3_run(subjects, kind, level, scale))
-            row: dict[str, Any] = {}
-            for kind in kinds:
-                runs = raw[kind]
-                entry: dict[str, Any] = {
-                    "errors": summary([r["errors"] for r in runs], 0),
-                    "p99_gap_ms": summary([r["p99_gap"] for r in runs]),
-                    "p99_ttfb_ms": summary([r["p99_ttfb"] for r in runs]),
-                }
-                if kind != "direct":
-                    added = [
-                        r["p99_gap"] - d["p99_gap"]
-                        for r, d in zip(runs, raw["direct"], strict=True)
-                    ]
-                    entry["added_p99_gap_ms"] = summary(added)
-                    entry["rss_per_stream_kib"] = summary([r["rss_per_stream"] for r in runs], 1)
-                    entry["rss_peak_mib"] = summary([r["rss_peak"] for r in runs], 1)
-                    entry["cpu_s_per_100k"] = summary([r["cpu_s_per_100k"] for r in runs])
-                row[kind] = entry
+                    run = await _paced_run(subjects, variants[kind], level, scale)
+                    raw[kind].append(run)
+            row: dict[str, Any] = {kind: _paced_entry(raw[kind], raw["direct"]) for kind in kinds}
+            row["ratios"] = _paced_ratios(raw["function"], raw["passthrough"], raw["direct"])
             out[str(level)] = row
     finally:
         subjects.stop()
     return out
 
 
-async def _w3_run(subjects: Subjects, kind: str, level: int, scale: Scale) -> dict[str, float]:
+def _paired(
+    ours: list[dict[str, float]], base: list[dict[str, float]], metric: str
+) -> dict[str, Any]:
+    """Round-by-round ratio of one metric, summarised (median and range)."""
+    pairs = zip(ours, base, strict=True)
+    return summary([r for a, b in pairs if (r := ratio(a[metric], b[metric])) is not None], 2)
+
+
+def _paced_entry(runs: list[dict[str, float]], direct: list[dict[str, float]]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "errors": summary([r["errors"] for r in runs], 0),
+        "p99_gap_ms": summary([r["p99_gap"] for r in runs]),
+        "p99_ttfb_ms": summary([r["p99_ttfb"] for r in runs]),
+        "events_per_s": summary([r["events_per_s"] for r in runs], 0),
+        "on_time_vs_direct": _paired(runs, direct, "events_per_s"),
+        "on_time_vs_schedule": summary([r["on_time_vs_schedule"] for r in runs], 2),
+    }
+    if runs and runs[0]["pid"]:
+        added = [r["p99_gap"] - d["p99_gap"] for r, d in zip(runs, direct, strict=True)]
+        entry["added_p99_gap_ms"] = summary(added)
+        entry["rss_per_stream_kib"] = summary([r["rss_per_stream"] for r in runs], 1)
+        entry["rss_peak_mib"] = summary([r["rss_peak"] for r in runs], 1)
+        entry["cpu_s_per_100k"] = summary([r["cpu_s_per_100k"] for r in runs])
+        entry["cpu_share_of_a_core"] = summary([r["cpu_share"] for r in runs], 2)
+    return entry
+
+
+def _paced_ratios(
+    fn: list[dict[str, float]], pt: list[dict[str, float]], direct: list[dict[str, float]]
+) -> dict[str, Any]:
+    return {
+        "cpu_vs_passthrough": _paired(fn, pt, "cpu_s_per_100k"),
+        "p99_gap_vs_passthrough": _paired(fn, pt, "p99_gap"),
+        "rss_per_stream_vs_passthrough": _paired(fn, pt, "rss_per_stream"),
+        "function_on_time_vs_direct": _paired(fn, direct, "events_per_s"),
+        "passthrough_on_time_vs_direct": _paired(pt, direct, "events_per_s"),
+    }
+
+
+async def _paced_run(
+    subjects: Subjects, variant: Variant, level: int, scale: Scale
+) -> dict[str, float]:
+    """``level`` paced streams of one variant against a freshly started relay."""
     pid = None
+    kind = variant.kind
     if kind != "direct":
         pid = subjects.start(kind).pid
-        await stream_once(subjects.url(kind), subjects.body(kind), limit=0.5)
+    url = subjects.url(kind) + variant.query
+    if pid:
+        await stream_once(url, variant.body, limit=0.5)
     base = rss_bytes(pid) if pid else 0
     cpu0 = cpu_seconds(pid) if pid else 0.0
     peak = [base]
     stop = asyncio.Event()
     sampler = asyncio.create_task(_sample_rss(pid, peak, stop)) if pid else None
-    results = await run_streams(
-        subjects.url(kind), subjects.body(kind), level, stagger=scale.w3_stagger
-    )
+    t0 = time.monotonic()
+    results = await run_streams(url, variant.body, level, stagger=scale.w3_stagger)
+    wall = time.monotonic() - t0
     stop.set()
     if sampler is not None:
         await sampler
     cpu = cpu_seconds(pid) - cpu0 if pid else math.nan
+    events = level * upstream_events(variant.shape, scale.w3_tokens)
     gaps = [g for r in results for g in r.gaps()]
     ttfb = [r.first_byte_at - r.sent_at for r in results if r.first_byte_at]
+    # Delivered rate: the upstream's events over the time from the first request sent to the
+    # last event read. Direct reading sets the schedule; a relay that falls behind stretches it.
+    ends = [r.event_times[-1] for r in results if r.event_times]
+    span = (max(ends) - min(r.sent_at for r in results)) if ends else math.nan
+    sse = variant.query != "?format=text"
     return {
-        "errors": sum(
-            not (r.ok and r.done) or len(r.event_times) < scale.w3_tokens for r in results
-        ),
+        "pid": float(pid or 0),
+        "errors": sum(not (r.ok and (r.done or not sse)) for r in results),
         "p99_gap": percentile(gaps, 0.99) * MS,
         "p99_ttfb": percentile(ttfb, 0.99) * MS,
+        "events_per_s": events / span if span and span > 0 else math.nan,
+        "on_time_vs_schedule": (scale.w3_stagger + scale.w3_tokens * scale.w3_pace) / span
+        if span and span > 0
+        else math.nan,
         "rss_per_stream": (peak[0] - base) / level / 1024,
         "rss_peak": peak[0] / 2**20,
-        "cpu_s_per_100k": cpu / (level * scale.w3_tokens) * 100_000,
+        "cpu_s_per_100k": cpu / events * 100_000,
+        "cpu_share": cpu / wall,
     }
+
+
+# -- W5: a new request while the instance is busy ------------------------------------------
+
+
+async def w5(scale: Scale, loop: str | None, logs: Path) -> dict[str, Any]:
+    """Time to first byte of a new request while ``w2_streams`` unpaced streams run in the same
+    relay (each restarted as soon as it ends, so the load lasts as long as the samples do).
+    The relays take turns, the order rotating per round; the ratio is paired per round."""
+    subjects = Subjects(0.0, scale.w2_tokens, loop, logs)
+    kinds = ["passthrough", "function"]
+    raw: dict[str, list[float]] = {k: [] for k in kinds}
+    errors = dict.fromkeys(kinds, 0)
+    try:
+        await warm(subjects)
+        for rnd in range(scale.w5_rounds):
+            for kind in rotated(kinds, rnd):
+                ttfb, failed = await _busy_first_bytes(subjects, kind, scale)
+                raw[kind].append(statistics.median(ttfb) if ttfb else math.nan)
+                errors[kind] += failed
+    finally:
+        subjects.stop()
+    out: dict[str, Any] = {
+        "busy_streams": scale.w2_streams,
+        "tokens": scale.w2_tokens,
+        "samples_per_round": scale.w5_samples,
+    }
+    for kind in kinds:
+        out[kind] = {"errors": errors[kind], "ttfb_ms": summary(raw[kind])}
+    pairs = zip(raw["function"], raw["passthrough"], strict=True)
+    paired = [r for f, p in pairs if (r := ratio(f, p)) is not None]
+    out["ratios"] = {"ttfb_vs_passthrough": summary(paired, 2)}
+    return out
+
+
+async def _busy_first_bytes(subjects: Subjects, kind: str, scale: Scale) -> tuple[list[float], int]:
+    """Probe the first byte of new requests while a client process of its own keeps the relay
+    busy (in this process its parsing of the load would delay the probe's own timestamps)."""
+    url, body = subjects.url(kind), subjects.body(kind)
+    ttfb: list[float] = []
+    failed = 0
+    busy = ["-m", "bench.client", url, "--busy", str(scale.w2_streams), "--body", body.decode()]
+    with Server(busy):
+        await asyncio.sleep(0.2)  # the load gets going (bench pacing, not a test)
+        for _ in range(scale.w5_samples):
+            result = await stream_once(url, body, first_only=True)
+            failed += result.first_byte_at is None
+            if result.first_byte_at is not None:
+                ttfb.append((result.first_byte_at - result.sent_at) * MS)
+            await asyncio.sleep(0.01)
+    return ttfb, failed
+
+
+# -- W6: every output format at real pacing -------------------------------------------------
+
+
+def paced_variants(formats: dict[str, bool]) -> list[Variant]:
+    """The W2 variants, paced: each format and each stream shape against the same-shape
+    pass-through."""
+    variants = [
+        Variant("passthrough", "passthrough", body=chat_body()),
+        Variant("function chat", "function", body=FN_CHAT),
+        Variant("function prompt->completion", "function", body=FN_PROMPT),
+    ]
+    for name in ("ui", "text"):
+        if formats[name]:
+            variants.append(Variant(f"function {name}", "function", f"?format={name}", FN_PROMPT))
+    for shape, extra in SHAPES.items():
+        base = f"passthrough {shape}"
+        variants.append(Variant(base, "passthrough", body=chat_body(**extra), shape=shape))
+        body = fn_chat(**extra)
+        variants.append(Variant(f"function chat {shape}", "function", "", body, shape, base))
+        if formats["ui"]:
+            name = f"function ui {shape}"
+            variants.append(Variant(name, "function", "?format=ui", body, shape, base))
+    return variants
+
+
+async def w6(scale: Scale, loop: str | None, logs: Path) -> dict[str, Any]:
+    """``w6_streams`` paced streams of every format and shape: CPU per upstream event and the
+    p99 gap, each paired per round with the same-shape pass-through."""
+    subjects = Subjects(scale.w3_pace, scale.w3_tokens, loop, logs)
+    try:
+        await warm(subjects)
+        variants = paced_variants(await detect_formats(subjects))
+        raw: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants}
+        for rnd in range(scale.w6_rounds):
+            for variant in rotated(variants, rnd):
+                raw[variant.name].append(
+                    await _paced_run(subjects, variant, scale.w6_streams, scale)
+                )
+    finally:
+        subjects.stop()
+    out: dict[str, Any] = {
+        "streams": scale.w6_streams,
+        "tokens": scale.w3_tokens,
+        "pace_ms": scale.w3_pace * MS,
+    }
+    for v in variants:
+        runs = raw[v.name]
+        row: dict[str, Any] = {
+            "errors": summary([r["errors"] for r in runs], 0),
+            "cpu_s_per_100k": summary([r["cpu_s_per_100k"] for r in runs]),
+            "p99_gap_ms": summary([r["p99_gap"] for r in runs]),
+        }
+        if v.kind == "function":
+            row["cpu_vs_passthrough"] = _paired(runs, raw[v.baseline], "cpu_s_per_100k")
+            row["p99_gap_vs_passthrough"] = _paired(runs, raw[v.baseline], "p99_gap")
+        out[v.name] = row
+    return out
 
 
 # -- W4: cold start (bench/cold_start.py, when present) -------------------------------------
@@ -520,16 +696,55 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 continue
             fn = row["function"]
             errs = fn["errors"]["max"]
-            gap = fn["added_p99_gap_ms"]["median"]
             rss = fn["rss_per_stream_kib"]["median"]
             rows.append((f"W3 {level} streams: errors == 0", str(errs), errs == 0))
-            rows.append((f"W3 {level} streams: added p99 gap < 25 ms", f"{gap} ms", gap < 25))
             rows.append((f"W3 {level} streams: RSS/stream <= 64 KiB", f"{rss} KiB", rss <= 64))
+            # Issue 15: paired ratios to the pass-through (and to direct reading) of each round.
+            r = row["ratios"]
+            if int(level) < 1000:
+                rows.append(
+                    _ratio_row(f"W3 {level} paced: CPU/event", r["cpu_vs_passthrough"], 1.3)
+                )
+            else:
+                on_time = r["function_on_time_vs_direct"]["median"]
+                rows.append(
+                    (
+                        f"W3 {level} paced: on time >= 0.95x direct",
+                        f"{on_time}x",
+                        None if on_time is None else on_time >= 0.95,
+                    )
+                )
+                rows.append(
+                    _ratio_row(f"W3 {level} paced: p99 gap", r["p99_gap_vs_passthrough"], 1.5)
+                )
+            rows.append(
+                _ratio_row(
+                    f"W3 {level} paced: RSS/stream", r["rss_per_stream_vs_passthrough"], 1.25
+                )
+            )
+    if "w2" in results:
+        key = "function chat events_per_s_vs_passthrough"
+        rate = results["w2"]["ratio_ranges"].get(key, {}).get("median")
+        rows.append(
+            ("W2 unpaced events/s >= 0.8x", f"{rate}x", None if rate is None else rate >= 0.8)
+        )
+    if "w5" in results:
+        rows.append(_ratio_row("W5 busy TTFB", results["w5"]["ratios"]["ttfb_vs_passthrough"], 2.0))
+    if "w6" in results:
+        for name, row in results["w6"].items():
+            if isinstance(row, dict) and "cpu_vs_passthrough" in row:
+                rows.append(_ratio_row(f"W6 {name}: CPU/event", row["cpu_vs_passthrough"], 1.3))
     if "w4" in results and "ratios" in results["w4"]:
         for name, limit in (("cold_start_vs_bare", 1.2), ("import_vs_aiohttp", 1.5)):
             r = results["w4"]["ratios"][name]
             rows.append((f"W4 {name} <= {limit}x", f"{r}x", None if r is None else r <= limit))
     return rows
+
+
+def _ratio_row(name: str, paired: dict[str, Any], limit: float) -> tuple[str, str, bool | None]:
+    median = paired.get("median")
+    shown = f"{median}x [{paired.get('min')}..{paired.get('max')}]"
+    return (f"{name} <= {limit}x", shown, None if median is None else median <= limit)
 
 
 def report(results: dict[str, Any]) -> str:
@@ -578,6 +793,43 @@ def report(results: dict[str, Any]) -> str:
                     f"{_fmt(e.get('added_p99_gap_ms')):>24}{_fmt(e.get('rss_per_stream_kib')):>22}"
                     f"{_fmt(e.get('cpu_s_per_100k')):>22}"
                 )
+            r = row["ratios"]
+            lines.append(
+                f"  {level:<8}function / pass-through, paired per round: CPU/event "
+                f"{_fmt(r['cpu_vs_passthrough'], 'x')}, p99 gap "
+                f"{_fmt(r['p99_gap_vs_passthrough'], 'x')}, RSS/stream "
+                f"{_fmt(r['rss_per_stream_vs_passthrough'], 'x')}; on time vs direct: function "
+                f"{_fmt(r['function_on_time_vs_direct'], 'x')}, pass-through "
+                f"{_fmt(r['passthrough_on_time_vs_direct'], 'x')}; vs the schedule: direct "
+                f"{_fmt(row['direct']['on_time_vs_schedule'], 'x')}, function "
+                f"{_fmt(row['function']['on_time_vs_schedule'], 'x')}"
+            )
+    if "w5" in results:
+        w = results["w5"]
+        lines.append(
+            f"\nW5 a new request's time to first byte while {w['busy_streams']} unpaced streams "
+            f"run (ms, median of {w['samples_per_round']} per round)"
+        )
+        for kind in ("passthrough", "function"):
+            lines.append(f"  {kind:<13}{_fmt(w[kind]['ttfb_ms']):>28}  errors {w[kind]['errors']}")
+        lines.append(
+            f"  function / pass-through, paired: {_fmt(w['ratios']['ttfb_vs_passthrough'], 'x')}"
+        )
+    if "w6" in results:
+        w = results["w6"]
+        lines.append(
+            f"\nW6 every format, paced: {w['streams']} streams x {w['tokens']} tokens "
+            f"{w['pace_ms']:g} ms apart"
+        )
+        lines.append(
+            f"  {'subject':<30}{'CPU s / 100k events':>28}{'vs pass-through':>24}{'p99 gap ms':>24}"
+        )
+        for name, row in w.items():
+            if isinstance(row, dict) and "cpu_s_per_100k" in row:
+                lines.append(
+                    f"  {name:<30}{_fmt(row['cpu_s_per_100k']):>28}"
+                    f"{_fmt(row.get('cpu_vs_passthrough'), 'x'):>24}{_fmt(row['p99_gap_ms']):>24}"
+                )
     if "w4" in results:
         w = results["w4"]
         lines.append("\nW4 cold start (bench/cold_start.py)")
@@ -592,7 +844,7 @@ def report(results: dict[str, Any]) -> str:
         if isinstance(v, dict) and "loadavg_before_after" in v
     }
     lines.append(f"\nload average (1 min) before/after each workload: {loads}")
-    lines.append("\nTargets (issue 7)")
+    lines.append("\nTargets (issues 7 and 15)")
     for name, measured, met in targets(results):
         mark = "n/a" if met is None else ("met" if met else "MISSED")
         lines.append(f"  {mark:<7}{name:<52}{measured}")
@@ -610,6 +862,8 @@ async def run_suite(scale: Scale, only: set[str], loop: str | None, logs: Path) 
         ("w1", lambda: w1(scale, loop, logs)),
         ("w2", lambda: w2(scale, loop, logs)),
         ("w3", lambda: w3(scale, loop, logs)),
+        ("w5", lambda: w5(scale, loop, logs)),
+        ("w6", lambda: w6(scale, loop, logs)),
     ]
     for name, step in steps:
         if name in only:
@@ -636,9 +890,12 @@ def _cpus() -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="W1-W4 on loopback against the demo upstream")
     parser.add_argument("--quick", action="store_true", help="small scale, for a quick look")
-    parser.add_argument("--only", default="w1,w2,w3,w4", help="comma-separated workloads")
+    parser.add_argument("--only", default="w1,w2,w3,w4,w5,w6", help="comma-separated workloads")
     parser.add_argument(
-        "--loop", choices=("asyncio", "uvloop"), default=None, help="force the relays' loop"
+        "--loop",
+        choices=[f"{lp}{h}" for lp in ("asyncio", "uvloop") for h in ("", "+h11", "+httptools")],
+        default=None,
+        help="force the relays' event loop (and HTTP parser: uvloop+httptools)",
     )
     parser.add_argument("--out", type=Path, default=None, help="results file (JSON)")
     args = parser.parse_args(argv)

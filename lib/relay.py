@@ -163,8 +163,7 @@ async def _pump(
         chunk = stream.read_buffered() if time() < wake else b""
         try:
             if not chunk:
-                async with asyncio.timeout_at(wake):
-                    chunk = await stream.read()
+                chunk = await stream.read_before(wake)
         except TimeoutError:
             expired = clock.expired(time())
             if expired is not None:

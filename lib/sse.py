@@ -154,6 +154,8 @@ class SSEDecoder:
         nothing buffered before them; None for anything else (the line-by-line path)."""
         if len(buf) > self._max or b"\r" in buf or not buf.startswith(b"data: "):
             return None
+        if buf.find(b"\n") == len(buf) - 2:  # one event in this read: at real pacing, most
+            return [Event(buf[6:-2].decode("utf-8", "replace"), None, self._id)]
         blocks = buf[:-2].split(b"\n\n")
         if buf.count(b"\n") != 2 * len(blocks):
             return None  # a multi-line event, or a blank line too many

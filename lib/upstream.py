@@ -45,10 +45,72 @@ _RETRY_AFTER = re.compile(r"[0-9]{1,10}(\.[0-9]{1,3})?|[A-Za-z0-9 ,:]{1,40} GMT"
 class UpstreamStream:
     """An accepted upstream response whose body is read chunk by chunk."""
 
-    __slots__ = ("_response",)
+    __slots__ = (
+        "_expired",
+        "_reader",
+        "_response",
+        "_timer",
+        "_timer_at",
+        "_wake",
+    )
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
+        # read_before's one timer per stream: when it is set for, the deadline of the read in
+        # progress, the task waiting in it, and whether the timer cancelled that task.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._wake = 0.0
+        self._reader: asyncio.Task[Any] | None = None
+        self._expired = False
+
+    async def read_before(self, wake: float) -> bytes:
+        """:meth:`read`, raising ``TimeoutError`` if nothing arrived by ``wake`` (loop time).
+
+        The same contract as ``async with asyncio.timeout_at(wake): await read()``, at less cost
+        for a stream whose deadline moves forward on every read (the relay's idle and
+        keep-alive limits): that makes a ``Timeout`` and a ``TimerHandle`` per read, cancelled
+        a few milliseconds later. Here one timer per stream stays armed; it is moved only when a
+        deadline comes earlier than it, and when it fires before the current deadline it
+        re-arms itself instead of cancelling anything.
+        """
+        loop = asyncio.get_running_loop()
+        self._wake = wake
+        timer = self._timer
+        if timer is None or wake < self._timer_at:
+            if timer is not None:
+                timer.cancel()
+            self._timer_at = wake
+            self._timer = loop.call_at(wake, self._on_timer)
+        task = asyncio.current_task()
+        self._reader = task
+        try:
+            return await self.read()
+        except asyncio.CancelledError:
+            if self._expired and task is not None:
+                self._expired = False
+                if task.uncancel() == 0:
+                    raise TimeoutError from None
+            raise
+        finally:
+            self._reader = None
+
+    def _on_timer(self) -> None:
+        reader = self._reader
+        if reader is None:
+            self._timer = None  # no read waits: the next read_before arms a new one
+        elif self._wake <= self._timer_at:  # the deadline it was set for: the read expired
+            self._timer = None
+            self._expired = True
+            reader.cancel()
+        else:  # the deadline moved on since: wait for it (no clock read, no cancellation)
+            self._timer_at = self._wake
+            self._timer = asyncio.get_running_loop().call_at(self._wake, self._on_timer)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def read(self) -> bytes:
         """The next raw chunk as it arrived (``b""`` at the end). Safe to cancel: unread bytes
@@ -75,10 +137,12 @@ class UpstreamStream:
 
     def close(self) -> None:
         """Drop the connection (a half-read stream cannot go back to the pool)."""
+        self._stop_timer()
         self._response.close()
 
     def release(self) -> None:
         """Return the connection to the pool after a complete read."""
+        self._stop_timer()
         self._response.release()
 
 

@@ -1,0 +1,96 @@
+"""``UpstreamStream.read_before``: the relay's timed read with one timer per stream (issue 15)
+keeps ``asyncio.timeout_at``'s contract, against a real aiohttp server on loopback whose chunks
+the test releases one by one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from lib.upstream import UpstreamStream
+
+
+class Feed:
+    """A streaming endpoint that writes a chunk each time the test puts one in the queue."""
+
+    def __init__(self) -> None:
+        self.chunks: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        while chunk := await self.chunks.get():
+            await response.write(chunk)
+        return response
+
+
+@pytest.fixture
+async def stream() -> AsyncIterator[tuple[UpstreamStream, Feed]]:
+    feed = Feed()
+    app = web.Application()
+    app.router.add_get("/", feed.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(server.make_url("/"))
+        upstream = UpstreamStream(response)
+        try:
+            yield upstream, feed
+        finally:
+            feed.chunks.put_nowait(b"")
+            upstream.close()
+            await server.close()
+
+
+async def test_a_read_past_its_deadline_raises_timeout(stream: tuple[UpstreamStream, Feed]) -> None:
+    upstream, _ = stream
+    loop = asyncio.get_running_loop()
+    with pytest.raises(TimeoutError):
+        await upstream.read_before(loop.time() + 0.01)
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_a_deadline_moved_forward_does_not_expire_at_the_old_one(
+    stream: tuple[UpstreamStream, Feed],
+) -> None:
+    upstream, feed = stream
+    loop = asyncio.get_running_loop()
+    feed.chunks.put_nowait(b"data: one\n\n")
+    assert await upstream.read_before(loop.time() + 0.01) == b"data: one\n\n"
+    # The timer armed for the first deadline is still set; the second read must outlive it.
+    first_deadline = loop.time() + 0.01
+    waiting = asyncio.create_task(upstream.read_before(loop.time() + 60))
+    await asyncio.sleep(0.05)  # past the first deadline: the read is still waiting
+    assert loop.time() > first_deadline
+    assert not waiting.done()
+    feed.chunks.put_nowait(b"data: two\n\n")
+    assert await waiting == b"data: two\n\n"
+
+
+async def test_an_earlier_deadline_rearms_the_timer(stream: tuple[UpstreamStream, Feed]) -> None:
+    upstream, feed = stream
+    loop = asyncio.get_running_loop()
+    feed.chunks.put_nowait(b"data: one\n\n")
+    assert await upstream.read_before(loop.time() + 60) == b"data: one\n\n"
+    with pytest.raises(TimeoutError):
+        await upstream.read_before(loop.time() + 0.01)
+
+
+async def test_someone_elses_cancellation_is_not_a_timeout(
+    stream: tuple[UpstreamStream, Feed],
+) -> None:
+    upstream, feed = stream
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.create_task(upstream.read_before(loop.time() + 60))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    # Unread bytes stay buffered: a later read gets them.
+    feed.chunks.put_nowait(b"data: kept\n\n")
+    assert await upstream.read_before(loop.time() + 60) == b"data: kept\n\n"
