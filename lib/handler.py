@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from typing import Any
 
+from lib import responses
 from lib.asgi import (
     ClientDisconnected,
     ClientStalled,
@@ -154,7 +156,7 @@ class GenerateHandler:
         if route not in ("models", "model"):
             raise NotFound(
                 f"There is no {path} here: this function serves /api/v1/chat/completions, "
-                "/api/v1/completions and /api/v1/models."
+                "/api/v1/completions, /api/v1/responses and /api/v1/models."
             )
         method = exchange.scope.get("method", "")
         if method == "OPTIONS":
@@ -188,7 +190,7 @@ class GenerateHandler:
         started: float,
     ) -> None:
         route = v1_route(exchange.scope.get("query_string", b""))
-        if route is not None:
+        if route is not None and route[0] != responses.ROUTE:
             await self._v1(exchange, *route, id_header)
             return
         method = exchange.scope.get("method", "")
@@ -209,10 +211,14 @@ class GenerateHandler:
         requested_format(query)  # a bad format parameter is a 400 before the body is read
         check_json_content_type(exchange.scope)
         raw = await exchange.read_body(body_limit(settings), settings.body_read_timeout)
-        request = parse_body(raw, settings, stream_default=not v1_semantics(query))
-        accept = header(exchange.scope, b"accept")
-        fmt = choose_format(query, request, accept, settings.default_format)
-        check_fit(request, fmt.name)
+        fmt: Format
+        if route is not None:  # /api/v1/responses (lib/responses.py)
+            request, fmt = responses.parse(raw, settings, query, int(time.time()))
+        else:
+            request = parse_body(raw, settings, stream_default=not v1_semantics(query))
+            accept = header(exchange.scope, b"accept")
+            fmt = choose_format(query, request, accept, settings.default_format)
+            check_fit(request, fmt.name)
         log.shape, log.format, log.model = request.shape, fmt.name, request.model
         if settings.log_prompts:
             log.prompt = request.text_for_log()
