@@ -62,6 +62,7 @@ HANDLED = frozenset(
     }
 )
 MESSAGE_ROLES = ("user", "system", "developer", "assistant")
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
 SUMMARIES = frozenset({"auto", "concise", "detailed"})
 STATELESS = (
     "This function keeps no responses; send the whole conversation in input instead "
@@ -96,12 +97,18 @@ def _check_stateless(body: dict[str, Any]) -> None:
             "stream (docs/responses.md).",
             "background",
         )
-    if body.get("include") not in (None, []):
-        raise _refuse(
-            "include is not supported: no stored or encrypted output is kept here "
-            "(docs/responses.md).",
-            "include",
-        )
+    include = body.get("include")
+    if include is not None:
+        if not isinstance(include, list):
+            raise _refuse("include must be a list.", "include")
+        for index, name in enumerate(include):
+            if name != ENCRYPTED_REASONING:
+                raise _refuse(
+                    f"include[{index}] is not supported: only {ENCRYPTED_REASONING} is (reasoning "
+                    "items then carry encrypted_content null: no thoughts are kept or sent back "
+                    "here). See docs/responses.md.",
+                    f"include[{index}]",
+                )
     if body.get("metadata") not in (None, {}):
         raise _refuse("metadata is kept only with stored responses; leave it out.", "metadata")
     if body.get("truncation") not in (None, "disabled"):
@@ -515,7 +522,7 @@ def _message(item_id: str, status: str, content: list[dict[str, Any]]) -> dict[s
 
 def _reasoning_item(item_id: str, text: str | None) -> dict[str, Any]:
     summary = [] if text is None else [{"type": "summary_text", "text": text}]
-    return {"id": item_id, "type": "reasoning", "summary": summary}
+    return {"id": item_id, "type": "reasoning", "summary": summary, "encrypted_content": None}
 
 
 def _call_item(

@@ -244,7 +244,7 @@ async def test_a_string_input_is_one_user_message(
         ({"input": "x", "store": True}, "store"),
         ({"input": "x", "conversation": "conv_1"}, "conversation"),
         ({"input": "x", "background": True}, "background"),
-        ({"input": "x", "include": ["reasoning.encrypted_content"]}, "include"),
+        ({"input": "x", "include": ["message.output_text.logprobs"]}, "include[0]"),
         ({"input": "x", "metadata": {"a": "b"}}, "metadata"),
         ({"input": "x", "truncation": "auto"}, "truncation"),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
@@ -312,7 +312,7 @@ async def test_stateless_forms_of_the_stateful_fields_are_accepted(
         "store": False,
         "previous_response_id": None,
         "background": False,
-        "include": [],
+        "include": ["reasoning.encrypted_content"],
         "metadata": {},
         "truncation": "disabled",
         "stream_options": {"include_obfuscation": False},
@@ -406,6 +406,7 @@ async def test_the_event_sequence(
     assert final["status"] == "completed"
     reasoning, message = final["output"]
     assert reasoning["summary"] == [{"type": "summary_text", "text": "Let me think"}]
+    assert reasoning["encrypted_content"] is None  # nothing is kept to encrypt
     assert message["content"][0]["text"] == "Hello there"
     assert final["usage"]["output_tokens"] > 0
     assert final["usage"]["total_tokens"] == (
