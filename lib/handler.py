@@ -48,6 +48,7 @@ from lib.request import (
     safety_identifier,
 )
 from lib.resilience import open_upstream
+from lib.responses_upstream import ResponsesUpstream, build_responses_request
 from lib.upstream import UpstreamClient
 
 ALLOW = b"OPTIONS, POST"
@@ -226,7 +227,10 @@ class GenerateHandler:
         if caller.client_id is not None:  # authenticated: trace abuse to a user, hashed
             secret = settings.protection.auth_signing_secret
             safety_id = safety_identifier(caller.client_id, secret)
-        upstream_request = build_upstream_request(request, settings, safety_id=safety_id)
+        if settings.upstream_api == "responses":
+            upstream_request = build_responses_request(request, settings, safety_id=safety_id)
+        else:
+            upstream_request = build_upstream_request(request, settings, safety_id=safety_id)
         p = settings.protection
         log.client = client_key(scope, p.trust_proxy_header, caller.client_id, p.ipv6_prefix)
         admission = await self.limiter.admit(log.client, request)
@@ -281,6 +285,8 @@ class GenerateHandler:
                 raise DeadlineExceeded(
                     "The upstream did not answer before the function's time limit."
                 ) from None
+            if upstream_request.endpoint == "responses":
+                stream = ResponsesUpstream(stream, settings.max_line_bytes)
             if isinstance(fmt, WholeResponse):
                 fmt.accepted = True
                 await relay_whole(
