@@ -545,27 +545,31 @@ async def test_sdk_stream_helper_final_response_with_a_tool_loop(
     assert call.name == "get_weather"
     assert json.loads(call.arguments) == {"city": "Paris"}
     assert "".join(arguments) == call.arguments
-    # the second turn: the call and its output go back as items
+    # the second turn: the SDK's usual loop, the whole output sent back with the call's result
     response = await sdk.responses.create(
         model="gpt-4o-mini",
         tools=[WEATHER],
         input=[
             {"role": "user", "content": question},
-            {
-                "type": "function_call",
-                "call_id": call.call_id,
-                "name": call.name,
-                "arguments": call.arguments,
-            },
+            *final.output,
             {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"},
         ],
     )
     assert "sunny, 21 C" in response.output_text
-    assert demo.seen[-1].json["messages"][-1] == {
-        "role": "tool",
-        "tool_call_id": call.call_id,
-        "content": "sunny, 21 C",
-    }
+    assert demo.seen[-1].json["messages"][-2:] == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call.call_id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": call.arguments},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call.call_id, "content": "sunny, 21 C"},
+    ]
 
 
 async def test_sdk_raises_on_a_mid_stream_failure(
