@@ -15,9 +15,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
-from dev.demo_upstream import DemoUpstream
+from dev.demo_upstream import DemoUpstream, start_demo_upstream
 from dev.inprocess import serve_asgi
 from lib.config import PROJECT_ROOT, load_settings
 from lib.handler import GenerateHandler
@@ -38,6 +39,15 @@ class Function:
 @pytest.fixture
 def demo() -> DemoUpstream:
     return DemoUpstream(pace=0)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def served_upstream() -> AsyncIterator[tuple[DemoUpstream, str]]:
+    """A demo upstream and its base URL for a module whose function runs in another process
+    (Vercel's runtime, a built bundle, ``vercel dev``): it lives on the module's loop."""
+    demo, runner, base_url = await start_demo_upstream(pace=0)
+    yield demo, base_url
+    await runner.cleanup()
 
 
 @pytest.fixture

@@ -341,6 +341,15 @@ async def test_models_list_and_retrieve(site: Site, demo: DemoUpstream) -> None:
     assert demo.seen == []
 
 
+async def test_models_list_needs_a_token_when_the_function_is_protected(site: Site) -> None:
+    """The models route answers only callers the function would serve."""
+    client, _ = await site(AUTH_TOKENS="another-token-0123456789abcdef")
+    with pytest.raises(openai.AuthenticationError):
+        await client.models.list()
+    client, _ = await site(AUTH_TOKENS=CALLER_KEY)  # the SDK sends its api_key as the bearer
+    assert [m.id for m in (await client.models.list()).data] == ["gpt-4o-mini"]
+
+
 async def test_unknown_v1_paths_answer_the_json_envelope(site: Site) -> None:
     client, _ = await site()
     with pytest.raises(openai.NotFoundError) as caught:

@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from dev.demo_upstream import DemoUpstream, start_demo_upstream
+from dev.demo_upstream import DemoUpstream
 from dev.vercel_cli import (
     ROOT,
     Build,
@@ -179,22 +179,15 @@ def test_public_is_served_as_static_files(built: Build, clone: list[str]) -> Non
 # -- the built function, started as the platform starts it ------------------------------------
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def upstream() -> AsyncIterator[tuple[DemoUpstream, str]]:
-    demo, runner, base_url = await start_demo_upstream(pace=0)
-    yield demo, base_url
-    await runner.cleanup()
-
-
 @pytest.fixture(scope="module")
 def function(
-    built: Build, workdir: Path, upstream: tuple[DemoUpstream, str]
+    built: Build, workdir: Path, served_upstream: tuple[DemoUpstream, str]
 ) -> Iterator[IpcRuntime]:
     unpacked = materialize(built, workdir / f"unpacked-{built.tree.name}")
     python = Path(cli_environ(workdir / "run-bin")["PATH"].split(":", 1)[0]) / "python3"
     config = built.vc_config()
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **config["environment"]}  # type: ignore[dict-item]
-    env |= {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": upstream[1]}
+    env |= {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": served_upstream[1]}
     # -S: no site-packages; the bundle's own files (the working directory) and its _vendor,
     # which the handler adds itself, are all the function can import.
     command = [str(python), "-S", "-c", "import vc__handler__python"]
@@ -210,9 +203,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @on_module_loop
 async def test_built_function_streams_a_reply(
-    function: IpcRuntime, upstream: tuple[DemoUpstream, str], http: aiohttp.ClientSession
+    function: IpcRuntime, served_upstream: tuple[DemoUpstream, str], http: aiohttp.ClientSession
 ) -> None:
-    demo, _ = upstream
+    demo, _ = served_upstream
     body = json.dumps({"messages": [{"role": "user", "content": "Say hello"}]})
     url = function.base_url + "/api/generate"
     headers = {"Content-Type": "application/json"}

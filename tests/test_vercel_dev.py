@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from dev.demo_upstream import DemoUpstream, Scenario, start_demo_upstream
+from dev.demo_upstream import DemoUpstream, Scenario
 from dev.vercel_cli import (
     ROOT,
     cli_environ,
@@ -56,27 +56,20 @@ def test_dev_config_is_vercel_json_without_the_keys_vercel_dev_rejects() -> None
     }
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def upstream_url() -> AsyncIterator[tuple[DemoUpstream, str]]:
-    demo, runner, base_url = await start_demo_upstream(pace=0)
-    yield demo, base_url
-    await runner.cleanup()
-
-
 @pytest.fixture(scope="module")
-def upstream(upstream_url: tuple[DemoUpstream, str]) -> DemoUpstream:
-    return upstream_url[0]
+def upstream(served_upstream: tuple[DemoUpstream, str]) -> DemoUpstream:
+    return served_upstream[0]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def vercel_dev(
-    upstream_url: tuple[DemoUpstream, str], tmp_path_factory: pytest.TempPathFactory
+    served_upstream: tuple[DemoUpstream, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[str]:
     """The base URL of a running ``vercel dev``; the whole process group is ended after."""
     work = tmp_path_factory.mktemp("vercel-dev")
     tree = copy_files(ROOT, clone_files(), work / "tree")
     link_project(tree)
-    env = {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": upstream_url[1]}
+    env = {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": served_upstream[1]}
     async with vercel_api(env) as api:
         args = ["--listen", "127.0.0.1:0", "--yes", "--api", api.url, "--token", "localtoken"]
         args += ["--global-config", str(work / "home")]

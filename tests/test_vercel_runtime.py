@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from dev.demo_upstream import DemoUpstream, Scenario, start_demo_upstream
+from dev.demo_upstream import DemoUpstream, Scenario
 from tests.conftest import CANARY_KEY
 from tests.vercel_harness import (
     IpcRuntime,
@@ -35,16 +35,13 @@ JSON = {"Content-Type": "application/json"}
 PROMPT = json.dumps({"prompt": "Say hello"}).encode()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def upstream() -> AsyncIterator[tuple[DemoUpstream, str]]:
-    demo, runner, base_url = await start_demo_upstream(pace=0)
-    yield demo, base_url
-    await runner.cleanup()
-
-
 @pytest.fixture(scope="module")
-def runtime(upstream: tuple[DemoUpstream, str]) -> Iterator[IpcRuntime]:
-    env = {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": upstream[1], "DEADLINE_MARGIN": "1"}
+def runtime(served_upstream: tuple[DemoUpstream, str]) -> Iterator[IpcRuntime]:
+    env = {
+        "OPENAI_API_KEY": CANARY_KEY,
+        "OPENAI_BASE_URL": served_upstream[1],
+        "DEADLINE_MARGIN": "1",
+    }
     with ipc_runtime(env=env) as started:
         yield started
 
@@ -83,9 +80,9 @@ async def test_runtime_announces_its_port_and_reports_each_invocation(
 
 
 async def test_events_arrive_incrementally_through_the_runtime(
-    runtime: IpcRuntime, upstream: tuple[DemoUpstream, str], http: aiohttp.ClientSession
+    runtime: IpcRuntime, served_upstream: tuple[DemoUpstream, str], http: aiohttp.ClientSession
 ) -> None:
-    demo, _ = upstream
+    demo, _ = served_upstream
     gate = asyncio.Event()
     demo.push(Scenario(text="Hello there, world", gate=gate, gate_after=1))
     url = runtime.base_url + "/api/generate"
@@ -144,9 +141,9 @@ async def test_lib_imports_resolve_from_the_project_root_and_a_missing_key_is_na
 
 
 async def test_platform_deadline_ends_the_stream_in_band_and_closes_the_upstream(
-    runtime: IpcRuntime, upstream: tuple[DemoUpstream, str], http: aiohttp.ClientSession
+    runtime: IpcRuntime, served_upstream: tuple[DemoUpstream, str], http: aiohttp.ClientSession
 ) -> None:
-    demo, _ = upstream
+    demo, _ = served_upstream
     demo.push(Scenario(text="one two three", gate=asyncio.Event(), gate_after=1))  # never opens
     header = rfc3339_in(3)
     deadline = datetime.fromisoformat(header).timestamp()
@@ -170,10 +167,10 @@ async def test_platform_deadline_ends_the_stream_in_band_and_closes_the_upstream
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def lambda_responses(upstream: tuple[DemoUpstream, str]) -> list[LambdaResponse]:
+async def lambda_responses(served_upstream: tuple[DemoUpstream, str]) -> list[LambdaResponse]:
     """One Lambda-mode process answering several requests in turn (in a thread: the upstream
     it calls runs in this event loop)."""
-    demo, base_url = upstream
+    demo, base_url = served_upstream
     demo.push(Scenario(text="Buffered reply"))
     env = {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": base_url}
     requests = [
