@@ -654,6 +654,18 @@ class ResponsesStream:
             self._finish = reason
         return b"".join(out)
 
+    def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
+        """The relay's fast path for a plain content chunk: exactly what ``chunk`` writes."""
+        return self._say(text, refusal=False) if text else b""
+
+    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+        """The fast path for reasoning and tool-argument chunks (see :meth:`delta`)."""
+        if kind != "arguments":
+            return self._think(text) if text else b""
+        index = like["choices"][0]["delta"]["tool_calls"][0]["index"]
+        call = {"index": index, "function": {"arguments": text}}
+        return self._end_reasoning() + self._end_text() + self._call(call, 0)
+
     def _think(self, text: str) -> bytes:
         out = b""
         if self._reasoning is None:

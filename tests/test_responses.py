@@ -6,6 +6,7 @@ and the one-object answer (docs/responses.md)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -607,3 +608,43 @@ async def test_sdk_refusal_is_the_sdks_bad_request(
         await sdk.responses.create(model="gpt-4o-mini", input="x", previous_response_id="resp_1")
     assert "previous_response_id" in str(caught.value)
     assert demo.seen == []
+
+
+def test_the_fast_path_writes_what_the_slow_path_writes() -> None:
+    """The relay skips parsing plain chunks (lib/relay.py): ``delta`` / ``other_delta`` must
+    produce the same events as ``chunk`` (ids aside: they are new for each item)."""
+
+    def choice(delta: dict[str, Any]) -> dict[str, Any]:
+        return {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+    opening = {"index": 0, "id": "c1", "function": {"name": "f", "arguments": ""}}
+    script: list[tuple[str, str, dict[str, Any]]] = [
+        ("reasoning_content", "hm", choice({"reasoning_content": "hm"})),
+        ("reasoning_content", "m", choice({"reasoning_content": "m"})),
+        ("content", "Hi", choice({"content": "Hi"})),
+        ("content", " you", choice({"content": " you"})),
+        ("", "", choice({"tool_calls": [opening]})),
+        (
+            "arguments",
+            "{}",
+            choice({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+        ),
+    ]
+    slow, fast = ResponsesStream(Meta("r", 1, "m", {})), ResponsesStream(Meta("r", 1, "m", {}))
+    slow_out, fast_out = slow.open(), fast.open()
+    for kind, text, chunk in script:
+        slow_out += slow.chunk(json.dumps(chunk), chunk)
+        if kind == "content":
+            fast_out += fast.delta("", text, chunk) or b""
+        elif kind:
+            fast_out += fast.other_delta(kind, "", text, chunk) or b""
+        else:
+            fast_out += fast.chunk(json.dumps(chunk), chunk)
+    slow_out += slow.close()
+    fast_out += fast.close()
+
+    def anonymous(raw: bytes) -> bytes:
+        return re.sub(rb"(msg|rs|fc)_[0-9a-f]{32}", b"id", raw)
+
+    assert anonymous(fast_out) == anonymous(slow_out)
+    assert b"response.function_call_arguments.delta" in slow_out
