@@ -259,3 +259,30 @@ def test_failures_become_error_chunks() -> None:
     assert _feed(failed) == [{"error": {"message": "bad"}}]
     nested = {"type": "error", "error": {"message": "worse"}}
     assert _feed(nested) == [{"error": {"message": "worse"}}]
+
+
+async def test_events_split_at_every_byte_are_reassembled(
+    function: Function, http: aiohttp.ClientSession, demo: DemoUpstream
+) -> None:
+    demo.push(Scenario(text="Grüße, byte by byte", write="byte"))
+    resp = await post(http, function.url + "?format=openai", {"messages": [USER]})
+    assert chat_text(canonical_events(await resp.read())) == "Grüße, byte by byte"
+
+
+async def test_a_non_streamed_chat_answer(
+    function: Function, http: aiohttp.ClientSession, demo: DemoUpstream
+) -> None:
+    demo.push(Scenario(text="One object"))
+    body = {"messages": [USER], "stream": False}
+    resp = await post(http, function.url + "?format=openai", body)
+    completion = await resp.json()
+    assert completion["object"] == "chat.completion"
+    assert completion["choices"][0]["message"]["content"] == "One object"
+    assert completion["choices"][0]["finish_reason"] == "stop"
+    assert completion["usage"]["completion_tokens"] > 0
+
+
+def test_an_upstream_event_that_is_not_json_reaches_the_relay_as_it_is() -> None:
+    """The relay names the defect (an in-band protocol error): nothing is hidden here."""
+    out = ChunksFromResponses().feed([Event("not json", "response.output_text.delta")])
+    assert out == b"data: not json\n\n"
