@@ -386,6 +386,8 @@ def _rename(error: RequestError, converted: Converted) -> RequestError:
         if index < len(converted.sources):
             source, aligned = converted.sources[index]
             new = source + (suffix if aligned else "")
+    elif param == "messages":  # their number or their total length
+        new = "input"
     elif param.startswith("tools[") and ".function" in param:
         new = param.replace(".function", "", 1)
     else:

@@ -304,6 +304,19 @@ async def test_refused_with_the_responses_field_named(
     assert "max_completion_tokens" not in error["message"]
 
 
+async def test_the_message_limits_name_input(
+    site: Site, http: aiohttp.ClientSession, demo: DemoUpstream
+) -> None:
+    url = await site(MAX_MESSAGES="2", MAX_PROMPT_CHARS="10")
+    items = [{"role": "user", "content": "a"}] * 3
+    error = await refused(http, url, demo, {"input": items})
+    assert error["param"] == "input"
+    assert "at most 2" in error["message"]
+    error = await refused(http, url, demo, {"input": "x" * 11})
+    assert error["param"] == "input"
+    assert "the limit is 10" in error["message"]
+
+
 async def test_stateless_forms_of_the_stateful_fields_are_accepted(
     site: Site, http: aiohttp.ClientSession, demo: DemoUpstream
 ) -> None:
