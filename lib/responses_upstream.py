@@ -186,6 +186,7 @@ class ChunksFromResponses:
         self._model = ""
         self._calls: dict[str, int] = {}  # function_call item id (or output index) -> index
         self._count = 0
+        self._streamed: set[int] = set()  # calls whose arguments were sent
         self.ended = False
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -265,14 +266,27 @@ class ChunksFromResponses:
             key = item.get("id")
             self._calls[key if isinstance(key, str) else f"#{data.get('output_index')}"] = index
             self._calls.setdefault(f"#{data.get('output_index')}", index)
-            function = {"name": item.get("name"), "arguments": item.get("arguments") or ""}
+            arguments = item.get("arguments") or ""
+            if arguments:
+                self._streamed.add(index)  # already whole: a later .done repeats them
+            function = {"name": item.get("name"), "arguments": arguments}
             call = {"index": index, "id": item.get("call_id"), "type": "function"}
             return self._chunk({"tool_calls": [{**call, "function": function}]})
         if kind == "response.function_call_arguments.delta" and isinstance(delta, str):
             found = self._call_index(data)
             if found is None:
                 return b""
+            self._streamed.add(found)
             return self._chunk({"tool_calls": [{"index": found, "function": {"arguments": delta}}]})
+        if kind == "response.function_call_arguments.done":
+            # Some servers send a call's arguments only whole, in .done: then they go out here.
+            found = self._call_index(data)
+            arguments = data.get("arguments")
+            if found is None or found in self._streamed or not isinstance(arguments, str):
+                return b""
+            self._streamed.add(found)
+            fragment = {"index": found, "function": {"arguments": arguments}}
+            return self._chunk({"tool_calls": [fragment]})
         if kind == "response.completed":
             return self._end("tool_calls" if self._count else "stop", data.get("response"))
         if kind == "response.incomplete":

@@ -254,6 +254,22 @@ def test_function_calls_and_incomplete_become_chunks() -> None:
     assert all(c["id"] == "r1" and c["created"] == 5 for c in got)
 
 
+def test_arguments_sent_only_whole_in_done_are_not_lost() -> None:
+    added = {
+        "type": "response.output_item.added",
+        "output_index": 0,
+        "item": {"type": "function_call", "id": "fc_a", "call_id": "c_a", "name": "f"},
+    }
+    done = {"type": "response.function_call_arguments.done", "item_id": "fc_a", "arguments": "{}"}
+    got = _feed(added, done, done)
+    fragments = [c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] for c in got]
+    assert fragments == ["", "{}"]  # once, not twice
+    streamed = {"type": "response.function_call_arguments.delta", "item_id": "fc_a", "delta": "{}"}
+    got = _feed(added, streamed, done)
+    fragments = [c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] for c in got]
+    assert fragments == ["", "{}"]
+
+
 def test_failures_become_error_chunks() -> None:
     failed = {"type": "response.failed", "response": {"error": {"message": "bad"}}}
     assert _feed(failed) == [{"error": {"message": "bad"}}]
