@@ -111,3 +111,19 @@ async def test_a_mid_stream_failure_is_an_error_in_stream_text(
     assert out["errors"]
     assert "upstream" in out["errors"][0].lower()
     assert out["finishReasons"] == ["error"]
+
+
+async def test_stream_text_over_a_responses_upstream(
+    node: NodeDriver, site: Site, demo: DemoUpstream
+) -> None:
+    """Both directions at once: the AI SDK's Responses calls, served from a Responses upstream."""
+    base = await site(UPSTREAM_API="responses")
+    out = await node.call(
+        "responses", baseURL=base, model="gpt-4o-mini", prompt="Weather in Paris?"
+    )
+    assert out["errors"] == []
+    assert out["executed"] == ["Paris"]
+    assert out["finishReasons"] == ["tool-calls", "stop"]
+    assert out["text"] == 'The tool answered: {"city":"Paris","temp_c":21}. That is my answer.'
+    assert [seen.path for seen in demo.seen] == ["/v1/responses", "/v1/responses"]
+    assert demo.seen[1].json["input"][-1]["type"] == "function_call_output"
