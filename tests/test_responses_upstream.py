@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from dev.demo_upstream import REASONING, DemoUpstream, Scenario
+from lib.config import SettingsError, load_settings
 from lib.responses_upstream import ChunksFromResponses
 from lib.sse import Event, SSEDecoder
 from tests.conftest import Function, LogTap
@@ -302,3 +303,12 @@ def test_an_upstream_event_that_is_not_json_reaches_the_relay_as_it_is() -> None
     """The relay names the defect (an in-band protocol error): nothing is hidden here."""
     out = ChunksFromResponses().feed([Event("not json", "response.output_text.delta")])
     assert out == b"data: not json\n\n"
+
+
+def test_the_setting_is_checked() -> None:
+    assert load_settings({}).upstream_api == "chat"
+    assert load_settings({"UPSTREAM_API": "responses"}).responses_url == (
+        "https://api.openai.com/v1/responses"
+    )
+    with pytest.raises(SettingsError, match="UPSTREAM_API='assistants'"):
+        load_settings({"UPSTREAM_API": "assistants"})
