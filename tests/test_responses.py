@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import openai
+import pydantic
 import pytest
 
 from dev.demo_upstream import DemoUpstream, Scenario
@@ -661,3 +662,18 @@ def test_the_fast_path_writes_what_the_slow_path_writes() -> None:
 
     assert anonymous(fast_out) == anonymous(slow_out)
     assert b"response.function_call_arguments.delta" in slow_out
+
+
+async def test_sdk_parse_with_a_pydantic_text_format(
+    sdk: openai.AsyncOpenAI, demo: DemoUpstream
+) -> None:
+    class Weather(pydantic.BaseModel):
+        city: str
+        temp_c: float
+
+    response = await sdk.responses.parse(model="gpt-4o-mini", input="Paris?", text_format=Weather)
+    assert response.output_parsed == Weather(city="Paris", temp_c=1.5)
+    sent = demo.seen[-1].json["response_format"]
+    assert sent["type"] == "json_schema"
+    assert sent["json_schema"]["name"] == "Weather"
+    assert sent["json_schema"]["strict"] is True
