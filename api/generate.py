@@ -12,12 +12,13 @@ import os
 
 from lib.asgi import Receive, Scope, Send
 from lib.config import SettingsError, load_settings
-from lib.handler import GenerateHandler
+from lib.handler import GenerateHandler, Misconfigured
 
+handler: GenerateHandler | Misconfigured
 try:
     handler = GenerateHandler(load_settings(os.environ))
 except SettingsError as error:
-    handler = GenerateHandler(None, settings_error=str(error))
+    handler = Misconfigured(str(error))
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -3,7 +3,7 @@
 One server, three jobs: the local server's upstream when no ``OPENAI_API_KEY`` is set (a fixed
 reply at a realistic pace), the test suite's fake upstream (queued :class:`Scenario` faults, and a
 :class:`SeenRequest` record of every request, including when the client hung up), and the
-benchmark's upstream. It doubles as documentation of the protocol (CONTRACT.md section 2):
+benchmark's upstream. It doubles as documentation of the protocol (docs/protocol.md section 3):
 
 ``POST /v1/chat/completions`` answers ``content-type: text/event-stream; charset=utf-8`` with::
 

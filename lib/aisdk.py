@@ -3,7 +3,7 @@
 Both take chat- or completion-shaped upstream chunks (``choices[0].delta.content`` or
 ``choices[0].text``) and are pure, like the formats in ``lib/formats.py``.
 
-- :class:`UIMessageStream` is the AI SDK UI message stream v1 (CONTRACT.md section 3), byte for
+- :class:`UIMessageStream` is the AI SDK UI message stream v1 (docs/protocol.md section 4), byte for
   byte what ``streamText(...).toUIMessageStreamResponse()`` writes: ``start``, ``start-step``,
   ``text-start`` (id ``"0"``, sent with the first text), ``text-delta``..., ``text-end``,
   ``finish-step``, ``finish`` with the finish reason, ``[DONE]``. A mid-stream failure is what the
@@ -31,15 +31,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from lib.asgi import Header
 from lib.errors import APIError
 from lib.formats import SSE_HEADERS, Chunk
 from lib.sse import DONE, encode_comment, encode_json
 
-UI_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+UI_HEADERS: tuple[Header, ...] = (
     *SSE_HEADERS,
     (b"x-vercel-ai-ui-message-stream", b"v1"),
 )
-TEXT_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+TEXT_HEADERS: tuple[Header, ...] = (
     (b"content-type", b"text/plain; charset=utf-8"),
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from lib.errors import APIError, BodyTooLarge, RequestTimeout, UnsupportedMediaType
 
@@ -27,8 +27,18 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-Headers = Iterable[tuple[bytes, bytes]]
+Header = tuple[bytes, bytes]  # one header as ASGI carries it: lower-case name, value
+Headers = Iterable[Header]  # the one header type: every module uses these two
 CLOSE = (b"connection", b"close")
+
+
+class WriteBound(Protocol):
+    """When a write to the caller has waited too long (lib/clock.StreamClock)."""
+
+    def write_check(self, writing_since: float | None, now: float) -> float | None:
+        """None: the write waiting since ``writing_since`` has stalled; else when to look
+        again (loop time)."""
+        ...
 
 
 class ClientDisconnected(Exception):
@@ -88,8 +98,7 @@ class Exchange:
         self._watcher: asyncio.Task[None] | None = None
         self._target: asyncio.Task[Any] | None = None
         self._writing_since: float | None = None
-        self._stall_timeout = 0.0
-        self._write_until: float | None = None
+        self._write_bound: WriteBound | None = None
         self._write_timer: asyncio.TimerHandle | None = None
 
     async def read_body(self, limit: int, time_limit: float | None = None) -> bytes:
@@ -167,27 +176,24 @@ class Exchange:
             return True
         return False
 
-    def bound_writes(self, stall_timeout: float, until: float | None) -> None:
-        """From now on, end the exchange (:class:`ClientStalled`) when a write has waited
-        ``stall_timeout`` seconds, or is waiting at ``until`` (loop time). Call inside
-        ``async with exchange``."""
-        self._stall_timeout, self._write_until = stall_timeout, until
+    def bound_writes(self, bound: WriteBound) -> None:
+        """From now on, end the exchange (:class:`ClientStalled`) when ``bound`` says a write
+        has waited too long (lib/clock.StreamClock.write_check). Call inside ``async with
+        exchange``."""
+        self._write_bound = bound
         self._check_writes()
 
     def _check_writes(self) -> None:
         """The watchdog: runs only while the task is suspended, so a write in progress here is
         one that is waiting for the caller's socket to drain."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        since, until, stall = self._writing_since, self._write_until, self._stall_timeout
-        if since is not None and (now - since >= stall or (until is not None and now >= until)):
+        assert self._write_bound is not None
+        wake = self._write_bound.write_check(self._writing_since, loop.time())
+        if wake is None:
             self.stalled = True
             if self._target is not None:
                 self._target.cancel()
             return
-        wake = now + stall / 4 if since is None else min(since + stall, now + stall / 4)
-        if until is not None and now < until:
-            wake = min(wake, until)
         self._write_timer = loop.call_at(wake, self._check_writes)
 
     async def _send_timed(self, message: Message) -> None:

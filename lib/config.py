@@ -1,4 +1,8 @@
-"""Settings: read once from the environment into one frozen object.
+"""Settings: read once from the environment into one frozen object, from one table.
+
+Every numeric and boolean setting (name, type, bounds, default, doc line) is written once, in
+``SPECS``; the loader and the dataclass defaults read it. The others (URLs, lists, rates,
+enumerations) have a parser of their own below.
 
 ``load_settings`` takes the environment as a mapping so that tests pass a dict. A value that
 cannot be used raises ``SettingsError`` naming the variable and the value; a missing
@@ -14,7 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from lib.retry import RetryPolicy, Target
@@ -61,6 +65,86 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Spec:
+    """One numeric or boolean setting: its variable, type, bounds, default and doc line."""
+
+    name: str
+    kind: type[int] | type[float] | type[bool]
+    default: float
+    low: float = 0
+    high: float = 0
+    doc: str = ""
+    off_at_zero: bool = False  # 0 (the default) means the limit is off: read as None
+
+
+_KB, _MB = 1024, 1024 * 1024
+# Every numeric and boolean setting, written once: load_settings reads it, the dataclasses take
+# their defaults from it, and tests/test_settings_table.py checks the docs' reference tables
+# against it (name and default), so the three cannot drift.
+SPECS: Final[tuple[Spec, ...]] = (
+    # upstream
+    Spec("UPSTREAM_CONNECT_TIMEOUT", float, 10.0, 0.01, 600.0, "seconds to open a connection"),
+    Spec("UPSTREAM_FIRST_BYTE_TIMEOUT", float, 60.0, 0.01, 3600.0, "seconds to response headers"),
+    Spec("UPSTREAM_IDLE_TIMEOUT", float, 120.0, 0.01, 3600.0, "seconds of upstream silence"),
+    Spec("UPSTREAM_MAX_LINE_BYTES", int, _MB, _KB, 64 * _MB, "longest upstream SSE line"),
+    Spec("UPSTREAM_MAX_CONNECTIONS", int, 1000, 1, 100_000, "shared connection pool size"),
+    Spec("UPSTREAM_INCLUDE_USAGE", bool, True, doc="ask the upstream for the usage chunk"),
+    Spec("UPSTREAM_MAX_RETRIES", int, 2, 0, 10, "extra attempts per upstream"),
+    Spec("UPSTREAM_RETRY_BASE_DELAY", float, 0.5, 0.0, 60.0, "first backoff, seconds"),
+    Spec("UPSTREAM_RETRY_MAX_DELAY", float, 8.0, 0.0, 600.0, "backoff cap, seconds"),
+    # request limits
+    Spec("MAX_TOKENS", int, 1024, 1, 1_000_000, "cap (and default) for max_tokens"),
+    Spec("MAX_BODY_BYTES", int, 64 * _KB, 256, 16 * _MB, "request body cap"),
+    Spec("MAX_IMAGE_BODY_BYTES", int, 4 * _MB, 256, 64 * _MB, "body cap with images"),
+    Spec("BODY_READ_TIMEOUT", float, 15.0, 0.05, 600.0, "seconds for the whole body to arrive"),
+    Spec("MAX_PROMPT_CHARS", int, 32_000, 1, 10_000_000, "cap on the prompt or all contents"),
+    Spec("MAX_MESSAGES", int, 64, 1, 10_000, "cap on messages"),
+    # stream limits
+    Spec("MAX_DURATION", float, 0.0, 0.0, 86_400.0, "time limit if none is given", True),
+    Spec("DEADLINE_MARGIN", float, 2.0, 0.0, 600.0, "seconds before the limit to end cleanly"),
+    Spec("KEEPALIVE_INTERVAL", float, 15.0, 0.05, 600.0, "seconds of silence before a ping"),
+    Spec("CLIENT_WRITE_TIMEOUT", float, 30.0, 0.05, 3600.0, "longest wait of one write"),
+    Spec("MAX_STREAM_SECONDS", float, 300.0, 0.0, 86_400.0, "longest stream, 0: no limit", True),
+    Spec("REPETITION_WINDOW", int, 2000, 0, 1_000_000, "characters that must repeat, 0: off"),
+    # output
+    Spec("LOG_PROMPTS", bool, False, doc="include the prompt in the log line"),
+    # CORS
+    Spec("CORS_MAX_AGE", int, 600, 0, 86_400, "seconds a browser may cache a preflight"),
+    # protection
+    Spec("MAX_CONCURRENT_STREAMS", int, 0, 0, 1_000_000, "open streams per client", True),
+    Spec("GLOBAL_MAX_CONCURRENT_STREAMS", int, 0, 0, 1_000_000, "open streams in all", True),
+    Spec("STORE_TIMEOUT", float, 0.5, 0.01, 10.0, "seconds for each store call"),
+    Spec("STORE_MAX_CONNECTIONS", int, 20, 1, 10_000, "connections to the store"),
+    Spec("STREAM_LEASE_SECONDS", float, 30.0, 3.0, 3600.0, "lifetime of a stream slot's lease"),
+    Spec("AUTH_MAX_TOKEN_LIFETIME", int, 86_400, 60, 30 * 86_400, "longest token lifetime"),
+    Spec("AUTH_JWKS_CACHE_SECONDS", float, 600.0, 60.0, 86_400.0, "how long keys are used"),
+    Spec("AUTH_JWKS_TIMEOUT", float, 5.0, 0.05, 60.0, "seconds for one JWKS fetch"),
+    Spec("IPV6_PREFIX", int, 56, 16, 128, "IPv6 callers count per block of this length"),
+)
+SPEC: Final[Mapping[str, Spec]] = {spec.name: spec for spec in SPECS}
+
+
+def default(name: str) -> Any:
+    """A setting's default as its field holds it (None for a limit that is off)."""
+    spec = SPEC[name]
+    if spec.off_at_zero and not spec.default:
+        return None
+    return spec.kind(spec.default)
+
+
+def read(env: Mapping[str, str], name: str) -> Any:
+    """A table setting from ``env``, checked against its type and bounds."""
+    spec = SPEC[name]
+    if spec.kind is bool:
+        return _flag(env, name, bool(spec.default))
+    if spec.kind is int:
+        value: float = _number(env, name, int(spec.default), int, int(spec.low), int(spec.high))
+    else:
+        value = _number(env, name, float(spec.default), float, float(spec.low), float(spec.high))
+    return None if spec.off_at_zero and not value else value
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the function reads from its environment. Names mirror the variables."""
 
@@ -68,41 +152,41 @@ class Settings:
     openai_base_url: str = "https://api.openai.com/v1"
     default_model: str = "gpt-4o-mini"
     allowed_models: frozenset[str] = frozenset({"gpt-4o-mini"})
-    max_tokens: int = 1024
-    max_body_bytes: int = 64 * 1024
-    body_read_timeout: float = 15.0
-    max_prompt_chars: int = 32_000
-    max_messages: int = 64
+    max_tokens: int = default("MAX_TOKENS")
+    max_body_bytes: int = default("MAX_BODY_BYTES")
+    body_read_timeout: float = default("BODY_READ_TIMEOUT")
+    max_prompt_chars: int = default("MAX_PROMPT_CHARS")
+    max_messages: int = default("MAX_MESSAGES")
     prompt_endpoint: PromptEndpoint = "chat"
-    upstream_include_usage: bool = True
-    connect_timeout: float = 10.0
-    first_byte_timeout: float = 60.0
-    idle_timeout: float = 120.0
-    max_line_bytes: int = 1024 * 1024
-    upstream_max_connections: int = 1000
-    max_duration: float | None = None
-    deadline_margin: float = 2.0
-    keepalive_interval: float = 15.0
-    write_timeout: float = 30.0
-    log_prompts: bool = False
+    upstream_include_usage: bool = default("UPSTREAM_INCLUDE_USAGE")
+    connect_timeout: float = default("UPSTREAM_CONNECT_TIMEOUT")
+    first_byte_timeout: float = default("UPSTREAM_FIRST_BYTE_TIMEOUT")
+    idle_timeout: float = default("UPSTREAM_IDLE_TIMEOUT")
+    max_line_bytes: int = default("UPSTREAM_MAX_LINE_BYTES")
+    upstream_max_connections: int = default("UPSTREAM_MAX_CONNECTIONS")
+    max_duration: float | None = default("MAX_DURATION")
+    deadline_margin: float = default("DEADLINE_MARGIN")
+    keepalive_interval: float = default("KEEPALIVE_INTERVAL")
+    write_timeout: float = default("CLIENT_WRITE_TIMEOUT")
+    log_prompts: bool = default("LOG_PROMPTS")
     default_format: OutputFormat = "openai"
     allowed_origins: frozenset[str] = frozenset()
-    cors_max_age: int = 600
+    cors_max_age: int = default("CORS_MAX_AGE")
     protection: Protection = field(default_factory=lambda: Protection())
     # Resilience (issue 5): retries before the first byte, fallbacks, per-stream limits.
-    upstream_max_retries: int = 2
-    upstream_retry_base_delay: float = 0.5
-    upstream_retry_max_delay: float = 8.0
+    upstream_max_retries: int = default("UPSTREAM_MAX_RETRIES")
+    upstream_retry_base_delay: float = default("UPSTREAM_RETRY_BASE_DELAY")
+    upstream_retry_max_delay: float = default("UPSTREAM_RETRY_MAX_DELAY")
     fallbacks: tuple[Target, ...] = ()
-    max_stream_seconds: float | None = 300.0
-    repetition_window: int = 2000
+    max_stream_seconds: float | None = default("MAX_STREAM_SECONDS")
+    repetition_window: int = default("REPETITION_WINDOW")
     repetition_max_period: int = 200
     # The Chat Completions surface (issue 12, docs/chat-completions.md).
     max_tokens_field: MaxTokensField = "max_completion_tokens"
     allowed_params: frozenset[str] = OPTIONAL_PARAMS
     ignored_params: frozenset[str] = frozenset()
     image_url_schemes: frozenset[str] = frozenset({"https", "data"})
-    max_image_body_bytes: int = 4 * 1024 * 1024
+    max_image_body_bytes: int = default("MAX_IMAGE_BODY_BYTES")
     # OpenAI's Responses API upstream (issue 13, docs/responses.md): chat or responses.
     upstream_api: UpstreamAPI = "chat"
 
@@ -280,12 +364,12 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
     endpoint = _text(env, "PROMPT_ENDPOINT", "chat")
     if endpoint not in ("chat", "completions"):
         raise SettingsError(f"PROMPT_ENDPOINT={endpoint!r} must be chat or completions")
-    env_duration = _number(env, "MAX_DURATION", 0.0, float, 0.0, 86_400.0)
+    env_duration = read(env, "MAX_DURATION")
     raw_format = _text(env, "DEFAULT_FORMAT", "openai")
     default_format = _FORMATS.get(raw_format)
     if default_format is None:
         raise SettingsError(f"DEFAULT_FORMAT={raw_format!r} must be openai, ui or text")
-    window = _number(env, "REPETITION_WINDOW", 2000, int, 0, 1_000_000)  # 0: no detector
+    window = read(env, "REPETITION_WINDOW")  # 0: no detector
     max_field = _text(env, "MAX_TOKENS_FIELD", "max_completion_tokens")
     if max_field not in ("max_completion_tokens", "max_tokens"):
         raise SettingsError(
@@ -300,34 +384,32 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
         openai_base_url=base_url,
         default_model=default_model,
         allowed_models=allowed,
-        max_tokens=_number(env, "MAX_TOKENS", 1024, int, 1, 1_000_000),
-        max_body_bytes=_number(env, "MAX_BODY_BYTES", 64 * 1024, int, 256, 16 * 1024 * 1024),
-        body_read_timeout=_number(env, "BODY_READ_TIMEOUT", 15.0, float, 0.05, 600.0),
-        max_prompt_chars=_number(env, "MAX_PROMPT_CHARS", 32_000, int, 1, 10_000_000),
-        max_messages=_number(env, "MAX_MESSAGES", 64, int, 1, 10_000),
+        max_tokens=read(env, "MAX_TOKENS"),
+        max_body_bytes=read(env, "MAX_BODY_BYTES"),
+        body_read_timeout=read(env, "BODY_READ_TIMEOUT"),
+        max_prompt_chars=read(env, "MAX_PROMPT_CHARS"),
+        max_messages=read(env, "MAX_MESSAGES"),
         prompt_endpoint="completions" if endpoint == "completions" else "chat",
-        upstream_include_usage=_flag(env, "UPSTREAM_INCLUDE_USAGE", True),
-        connect_timeout=_number(env, "UPSTREAM_CONNECT_TIMEOUT", 10.0, float, 0.01, 600.0),
-        first_byte_timeout=_number(env, "UPSTREAM_FIRST_BYTE_TIMEOUT", 60.0, float, 0.01, 3600.0),
-        idle_timeout=_number(env, "UPSTREAM_IDLE_TIMEOUT", 120.0, float, 0.01, 3600.0),
-        max_line_bytes=_number(
-            env, "UPSTREAM_MAX_LINE_BYTES", 1024 * 1024, int, 1024, 64 * 1024 * 1024
-        ),
-        upstream_max_connections=_number(env, "UPSTREAM_MAX_CONNECTIONS", 1000, int, 1, 100_000),
+        upstream_include_usage=read(env, "UPSTREAM_INCLUDE_USAGE"),
+        connect_timeout=read(env, "UPSTREAM_CONNECT_TIMEOUT"),
+        first_byte_timeout=read(env, "UPSTREAM_FIRST_BYTE_TIMEOUT"),
+        idle_timeout=read(env, "UPSTREAM_IDLE_TIMEOUT"),
+        max_line_bytes=read(env, "UPSTREAM_MAX_LINE_BYTES"),
+        upstream_max_connections=read(env, "UPSTREAM_MAX_CONNECTIONS"),
         max_duration=vercel_max_duration(root) or (env_duration or None),
-        deadline_margin=_number(env, "DEADLINE_MARGIN", 2.0, float, 0.0, 600.0),
-        keepalive_interval=_number(env, "KEEPALIVE_INTERVAL", 15.0, float, 0.05, 600.0),
-        write_timeout=_number(env, "CLIENT_WRITE_TIMEOUT", 30.0, float, 0.05, 3600.0),
-        log_prompts=_flag(env, "LOG_PROMPTS", False),
+        deadline_margin=read(env, "DEADLINE_MARGIN"),
+        keepalive_interval=read(env, "KEEPALIVE_INTERVAL"),
+        write_timeout=read(env, "CLIENT_WRITE_TIMEOUT"),
+        log_prompts=read(env, "LOG_PROMPTS"),
         default_format=default_format,
         allowed_origins=_origins(env),
-        cors_max_age=_number(env, "CORS_MAX_AGE", 600, int, 0, 86_400),
+        cors_max_age=read(env, "CORS_MAX_AGE"),
         protection=load_protection(env),
-        upstream_max_retries=_number(env, "UPSTREAM_MAX_RETRIES", 2, int, 0, 10),
-        upstream_retry_base_delay=_number(env, "UPSTREAM_RETRY_BASE_DELAY", 0.5, float, 0.0, 60.0),
-        upstream_retry_max_delay=_number(env, "UPSTREAM_RETRY_MAX_DELAY", 8.0, float, 0.0, 600.0),
+        upstream_max_retries=read(env, "UPSTREAM_MAX_RETRIES"),
+        upstream_retry_base_delay=read(env, "UPSTREAM_RETRY_BASE_DELAY"),
+        upstream_retry_max_delay=read(env, "UPSTREAM_RETRY_MAX_DELAY"),
         fallbacks=_fallbacks(env),
-        max_stream_seconds=_number(env, "MAX_STREAM_SECONDS", 300.0, float, 0.0, 86_400.0) or None,
+        max_stream_seconds=read(env, "MAX_STREAM_SECONDS") or None,
         repetition_window=window,
         repetition_max_period=_number(
             env, "REPETITION_MAX_PERIOD", min(200, max(1, window // 2)), int, 1, max(1, window // 2)
@@ -336,9 +418,7 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
         allowed_params=allowed_params,
         ignored_params=ignored_params,
         image_url_schemes=_image_schemes(env),
-        max_image_body_bytes=_number(
-            env, "MAX_IMAGE_BODY_BYTES", 4 * 1024 * 1024, int, 256, 64 * 1024 * 1024
-        ),
+        max_image_body_bytes=read(env, "MAX_IMAGE_BODY_BYTES"),
         upstream_api="responses" if upstream_api == "responses" else "chat",
     )
 
@@ -346,7 +426,9 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
 # --- protection (issue 6): auth, rate limits, budgets; see docs/protection.md ------------------
 
 MIN_SECRET_CHARS = 32
-DEFAULT_MAX_TOKEN_LIFETIME = 86_400  # Auth0's default access-token lifetime, the longest common
+DEFAULT_MAX_TOKEN_LIFETIME: int = default(
+    "AUTH_MAX_TOKEN_LIFETIME"
+)  # Auth0's default access-token lifetime, the longest common
 MIN_TOKEN_CHARS = 16
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 _RATE = re.compile(r"([0-9]{1,12})\s*/\s*([0-9]{0,9})\s*(s|sec|second|m|min|minute|h|hour|d|day)s?")
@@ -367,21 +449,17 @@ class Protection:
     auth_tokens: frozenset[str] = frozenset()
     auth_signing_secret: str | None = None
     rate_limit: Rate | None = None
-    max_concurrent_streams: int | None = None
-    global_max_concurrent_streams: int | None = None
+    max_concurrent_streams: int | None = default("MAX_CONCURRENT_STREAMS")
+    global_max_concurrent_streams: int | None = default("GLOBAL_MAX_CONCURRENT_STREAMS")
     token_budget: Rate | None = None
     redis_url: str | None = None
-    store_timeout: float = 0.5
-    store_max_connections: int = 20
-    stream_lease_seconds: float = 30.0
+    store_timeout: float = default("STORE_TIMEOUT")
+    store_max_connections: int = default("STORE_MAX_CONNECTIONS")
+    stream_lease_seconds: float = default("STREAM_LEASE_SECONDS")
     trust_proxy_header: str | None = None
     auth_max_token_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME
     jwt: JWTSettings | None = None
-    ipv6_prefix: int = 56
-
-    @property
-    def auth_required(self) -> bool:
-        return bool(self.auth_tokens or self.auth_signing_secret or self.jwt)
+    ipv6_prefix: int = default("IPV6_PREFIX")
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,8 +475,8 @@ class JWTSettings:
     client_claim: str = "sub"
     origin_claim: str = "origin"
     max_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME
-    jwks_cache_seconds: float = 600.0
-    jwks_timeout: float = 5.0
+    jwks_cache_seconds: float = default("AUTH_JWKS_CACHE_SECONDS")
+    jwks_timeout: float = default("AUTH_JWKS_TIMEOUT")
 
 
 def parse_rate(name: str, raw: str) -> Rate | None:
@@ -415,10 +493,6 @@ def parse_rate(name: str, raw: str) -> Rate | None:
     if period > 366 * 86_400:
         raise SettingsError(f"{name}={raw!r}: the period may be at most 366 days")
     return Rate(int(match[1]), period)
-
-
-def _optional_count(env: Mapping[str, str], name: str) -> int | None:
-    return _number(env, name, 0, int, 0, 1_000_000) or None
 
 
 def _secret(env: Mapping[str, str], name: str) -> str | None:
@@ -488,8 +562,8 @@ def _load_jwt(env: Mapping[str, str], max_lifetime: int) -> JWTSettings | None:
         client_claim=_claim_name(env, "AUTH_JWT_CLIENT_CLAIM", "sub"),
         origin_claim=_claim_name(env, "AUTH_JWT_ORIGIN_CLAIM", "origin"),
         max_lifetime=max_lifetime,
-        jwks_cache_seconds=_number(env, "AUTH_JWKS_CACHE_SECONDS", 600.0, float, 60.0, 86_400.0),
-        jwks_timeout=_number(env, "AUTH_JWKS_TIMEOUT", 5.0, float, 0.05, 60.0),
+        jwks_cache_seconds=read(env, "AUTH_JWKS_CACHE_SECONDS"),
+        jwks_timeout=read(env, "AUTH_JWKS_TIMEOUT"),
     )
 
 
@@ -502,9 +576,7 @@ def load_protection(env: Mapping[str, str]) -> Protection:
                 f"{MIN_TOKEN_CHARS} printable characters without spaces"
             )
     secret = _secret(env, "AUTH_SIGNING_SECRET")
-    max_lifetime = _number(
-        env, "AUTH_MAX_TOKEN_LIFETIME", DEFAULT_MAX_TOKEN_LIFETIME, int, 60, 30 * 86_400
-    )
+    max_lifetime = read(env, "AUTH_MAX_TOKEN_LIFETIME")
     redis_url = env.get("REDIS_URL", "").strip() or None
     if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
@@ -518,15 +590,15 @@ def load_protection(env: Mapping[str, str]) -> Protection:
         auth_tokens=tokens,
         auth_signing_secret=secret,
         rate_limit=parse_rate("RATE_LIMIT", env.get("RATE_LIMIT", "")),
-        max_concurrent_streams=_optional_count(env, "MAX_CONCURRENT_STREAMS"),
-        global_max_concurrent_streams=_optional_count(env, "GLOBAL_MAX_CONCURRENT_STREAMS"),
+        max_concurrent_streams=read(env, "MAX_CONCURRENT_STREAMS"),
+        global_max_concurrent_streams=read(env, "GLOBAL_MAX_CONCURRENT_STREAMS"),
         token_budget=parse_rate("TOKEN_BUDGET", env.get("TOKEN_BUDGET", "")),
         redis_url=redis_url,
-        store_timeout=_number(env, "STORE_TIMEOUT", 0.5, float, 0.01, 10.0),
-        store_max_connections=_number(env, "STORE_MAX_CONNECTIONS", 20, int, 1, 10_000),
-        stream_lease_seconds=_number(env, "STREAM_LEASE_SECONDS", 30.0, float, 3.0, 3600.0),
+        store_timeout=read(env, "STORE_TIMEOUT"),
+        store_max_connections=read(env, "STORE_MAX_CONNECTIONS"),
+        stream_lease_seconds=read(env, "STREAM_LEASE_SECONDS"),
         trust_proxy_header=None if proxy == "none" else proxy,
         auth_max_token_lifetime=max_lifetime,
         jwt=_load_jwt(env, max_lifetime),
-        ipv6_prefix=_number(env, "IPV6_PREFIX", 56, int, 16, 128),
+        ipv6_prefix=read(env, "IPV6_PREFIX"),
     )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from lib.asgi import Message, Scope, Send, header
+from lib.asgi import Header, Message, Scope, Send, header
 
 ALLOW_METHODS = b"GET, POST, OPTIONS"  # GET: /api/v1/models
 # user-agent: the AI SDK sets it on every request (withUserAgentSuffix), and browsers that let
@@ -31,7 +31,7 @@ EXPOSE_HEADERS = (
     b"ratelimit-remaining, ratelimit-reset"
 )
 
-Headers = tuple[tuple[bytes, bytes], ...]
+Headers = tuple[Header, ...]  # precomputed, so immutable
 
 
 class CORSPolicy:

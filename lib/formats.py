@@ -1,10 +1,11 @@
-"""Output formats: what the caller receives for each upstream chunk.
+"""The Format protocol, and the OpenAI formats: chat and completion chunks, one JSON object.
 
 A format turns parsed upstream chunks (chat or completion shaped, whichever endpoint served the
 request) into whole output events, and knows how to end: cleanly, or with an in-band error the
-caller's client understands. The relay owns timing and I/O; formats are pure.
+caller's client understands. The translator (``lib/translate.py``) feeds it and the pump
+(``lib/relay.py``) owns timing and I/O; formats are pure. docs/protocol.md has every format.
 
-OpenAI-compatible output is canonical (CONTRACT.md section 2): LF line ends, one ``data:`` line
+OpenAI-compatible output is canonical (docs/protocol.md section 2): LF line ends, one ``data:`` line
 of compact JSON per event with every non-ASCII character escaped, so that a reader that decodes
 each network read on its own cannot corrupt a character. A chunk that already is canonical and
 needs no change goes through as the upstream's own text (no JSON round trip).
@@ -16,10 +17,11 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from lib.asgi import Header
 from lib.errors import APIError
 from lib.sse import DONE, encode_comment, encode_json
 
-SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+SSE_HEADERS: tuple[Header, ...] = (
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),
@@ -29,10 +31,16 @@ Chunk = dict[str, Any]
 
 
 class Format(Protocol):
-    """The contract between the relay and an output format."""
+    """What differs per output format; :class:`lib.translate.Translator` does the rest.
+
+    Every method is pure: it returns bytes and writes nothing. ``chunk`` gets every parsed
+    upstream chunk (already checked for shape, errors and ``[DONE]``); ``delta`` and
+    ``other_delta`` are its fast path for chunks left unparsed, and must return exactly what
+    ``chunk`` would for them, or None to have the chunk parsed and given to ``chunk`` after all.
+    """
 
     name: str
-    headers: tuple[tuple[bytes, bytes], ...]
+    headers: tuple[Header, ...]
 
     def open(self) -> bytes:
         """Bytes to send right after the headers (may be empty)."""
@@ -42,14 +50,16 @@ class Format(Protocol):
         """One upstream chunk (its raw JSON text and parsed form) as output bytes."""
         ...
 
-    # Optional fast path, looked up by the relay with getattr:
-    #   def delta(self, data: str, text: str, like: Chunk) -> bytes | None
-    # A plain content chunk (lib/relay.py, _ContentTemplate) left unparsed: its raw JSON, its
-    # text (no quote, backslash or control character) and ``like``, a parsed chunk identical
-    # but for the text. Returns exactly what ``chunk`` would; None means "parse it after all".
-    #   def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None
-    # The same for a chunk whose delta holds only reasoning (``kind`` reasoning_content or
-    # reasoning) or only one tool call's next arguments fragment (``kind`` arguments).
+    def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
+        """A plain content chunk left unparsed (lib/translate.py, ContentTemplate): its raw
+        JSON, its text (no quote, backslash or control character) and ``like``, a parsed chunk
+        identical but for the text."""
+        ...
+
+    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+        """The same for a chunk whose delta holds only reasoning (``kind`` reasoning_content or
+        reasoning) or only one tool call's next arguments fragment (``kind`` arguments)."""
+        ...
 
     def close(self) -> bytes:
         """The clean end of a complete answer."""
@@ -147,7 +157,7 @@ class OpenAICompletion(OpenAIChat):
 
     def keepalive(self) -> bytes | None:
         # The classic helper JSON-parses every event and reads choices[0].text: a comment would
-        # break it (CONTRACT.md section 6), an empty text chunk cannot.
+        # break it (docs/protocol.md section 3), an empty text chunk cannot.
         return KEEPALIVE_COMPLETION
 
 
@@ -221,7 +231,7 @@ def to_completion(chunk: Chunk) -> Chunk:
     return result
 
 
-JSON_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+JSON_HEADERS: tuple[Header, ...] = (
     (b"content-type", b"application/json"),
     (b"cache-control", b"no-store"),
 )

@@ -11,6 +11,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from lib import responses
@@ -18,6 +19,7 @@ from lib.asgi import (
     ClientDisconnected,
     ClientStalled,
     Exchange,
+    Header,
     Receive,
     Scope,
     Send,
@@ -39,7 +41,14 @@ from lib.formats import Format, WholeResponse
 from lib.limits import Limiter, client_key
 from lib.log import RequestLog, emit, logger, warn
 from lib.negotiate import check_fit, choose_format, requested_format, v1_route, v1_semantics
-from lib.relay import BreakConnection, quiet_broken_connections, relay, relay_whole
+from lib.relay import (
+    BreakConnection,
+    clock_for,
+    quiet_broken_connections,
+    relay,
+    relay_whole,
+    translator_for,
+)
 from lib.request import (
     UpstreamRequest,
     body_limit,
@@ -59,39 +68,56 @@ def _model(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "streaming-function"}
 
 
-class GenerateHandler:
-    """The ASGI application behind ``/api/generate``."""
+class Misconfigured:
+    """The app a broken environment gets: every request is the 500 that names the variable to
+    fix (the import must not fail: the platform would turn that into an opaque error)."""
 
-    def __init__(self, settings: Settings | None, *, settings_error: str | None = None) -> None:
-        self.settings = settings
-        self._settings_error = settings_error
-        self.client = UpstreamClient(settings) if settings is not None else None
-        self.cors = CORSPolicy(
-            settings.allowed_origins if settings is not None else (),
-            max_age=settings.cors_max_age if settings is not None else 600,
+    def __init__(self, problem: str) -> None:
+        self.error = ConfigurationError(
+            f"The function is misconfigured: {problem}. Fix the environment variable and redeploy."
         )
+        warn(f"The function is misconfigured: {problem}.")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request_id = uuid.uuid4().hex
+        log = RequestLog(request_id=request_id, method=scope.get("method", ""))
+        log.error_type = self.error.type
+        exchange = Exchange(scope, receive, send)
+        try:
+            await exchange.respond_error(self.error, [(b"x-request-id", request_id.encode())])
+        finally:
+            log.status = exchange.status
+            emit(log)
+
+
+class GenerateHandler:
+    """The ASGI application behind ``/api/generate``, for settings that loaded."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = UpstreamClient(settings)
+        self.cors = CORSPolicy(settings.allowed_origins, max_age=settings.cors_max_age)
         quiet_broken_connections()
-        self.auth: Authenticator | None = None
-        self.limiter: Limiter | None = None
-        if settings is not None:
-            p = settings.protection
-            assert self.client is not None
-            self.auth = build_authenticator(p, self.client.fetch)
-            self.limiter = Limiter(p, max_duration=settings.max_duration)
-            if not self.auth.enabled and not p.rate_limit:
-                warn(
-                    "UNPROTECTED: this function spends your provider key for anyone who finds "
-                    "its URL: none of AUTH_TOKENS, AUTH_JWT_SECRET, AUTH_JWKS_URL or RATE_LIMIT "
-                    "is set. See docs/protection.md."
-                )
-            if p.auth_signing_secret is not None:
-                warn(
-                    "AUTH_SIGNING_SECRET (v1 tokens) is deprecated: mint HS256 JWTs with "
-                    "AUTH_JWT_SECRET instead. See docs/protection.md, Migrating from v1 tokens."
-                )
-        if settings_error is not None:
-            warn(f"The function is misconfigured: {settings_error}.")
-        elif settings is not None and not settings.openai_api_key:
+        p = settings.protection
+        self.auth: Authenticator = build_authenticator(p, self.client.fetch)
+        self.limiter = Limiter(p, max_duration=settings.max_duration)
+        if not self.auth.enabled and not p.rate_limit:
+            warn(
+                "UNPROTECTED: this function spends your provider key for anyone who finds "
+                "its URL: none of AUTH_TOKENS, AUTH_JWT_SECRET, AUTH_JWKS_URL or RATE_LIMIT "
+                "is set. See docs/protection.md."
+            )
+        if p.auth_signing_secret is not None:
+            warn(
+                "AUTH_SIGNING_SECRET (v1 tokens) is deprecated: mint HS256 JWTs with "
+                "AUTH_JWT_SECRET instead. See docs/protection.md, Migrating from v1 tokens."
+            )
+        if not settings.openai_api_key:
             warn("OPENAI_API_KEY is not set; every request will fail with 500 until it is.")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -143,14 +169,12 @@ class GenerateHandler:
             emit(log)
 
     @staticmethod
-    def _allow_header(error: APIError) -> list[tuple[bytes, bytes]]:
+    def _allow_header(error: APIError) -> list[Header]:
         if not isinstance(error, MethodNotAllowed) or "Allow" in error.headers:
             return []
         return [(b"allow", ALLOW)]
 
-    async def _v1(
-        self, exchange: Exchange, route: str, model: str, id_header: tuple[bytes, bytes]
-    ) -> None:
+    async def _v1(self, exchange: Exchange, route: str, model: str, id_header: Header) -> None:
         """``GET /api/v1/models`` and ``/api/v1/models/{id}`` in the OpenAI shape (the
         deployment's allowed models), and the JSON 404 for every other ``/api/v1`` path."""
         path = exchange.scope.get("path", "/api/v1")
@@ -168,8 +192,8 @@ class GenerateHandler:
             raise MethodNotAllowed(
                 f"Use GET to list models (got {method}).", headers={"Allow": "GET, OPTIONS"}
             )
-        settings, _, _ = self._configured()
-        assert self.auth is not None
+        settings = self.settings
+        self._api_key()
         scope = exchange.scope
         await self.auth.authenticate(header(scope, b"authorization"), header(scope, b"origin"))
         if route == "models":
@@ -187,7 +211,7 @@ class GenerateHandler:
         self,
         exchange: Exchange,
         log: RequestLog,
-        id_header: tuple[bytes, bytes],
+        id_header: Header,
         started: float,
     ) -> None:
         route = v1_route(exchange.scope.get("query_string", b""))
@@ -201,9 +225,7 @@ class GenerateHandler:
             return
         if method != "POST":
             raise MethodNotAllowed(f"Use POST to call this endpoint (got {method}).")
-        settings, client, api_key = self._configured()
-        assert self.auth is not None
-        assert self.limiter is not None
+        settings, client, api_key = self.settings, self.client, self._api_key()
         scope = exchange.scope
         caller = await self.auth.authenticate(
             header(scope, b"authorization"), header(scope, b"origin")
@@ -268,7 +290,7 @@ class GenerateHandler:
         api_key: str,
         upstream_request: UpstreamRequest,
         fmt: Format,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[Header],
         started: float,
     ) -> None:
         """Call upstream and relay its stream within the invocation's deadline."""
@@ -287,53 +309,35 @@ class GenerateHandler:
                 ) from None
             if upstream_request.endpoint == "responses":
                 stream = ResponsesUpstream(stream, settings.max_line_bytes)
+            clock = clock_for(settings, started=started, cut_at=cut_at)
+            translator = translator_for(fmt, settings)
             if isinstance(fmt, WholeResponse):
                 fmt.accepted = True
-                await relay_whole(
-                    stream,
-                    fmt,
-                    exchange,
-                    log,
-                    settings=settings,
-                    headers=headers,
-                    cut_at=cut_at,
-                    started=started,
-                )
+                await relay_whole(stream, translator, fmt, exchange, log, clock, headers)
                 return
-            await relay(
-                stream,
-                fmt,
-                exchange,
-                log,
-                settings=settings,
-                headers=headers,
-                cut_at=cut_at,
-                started=started,
-            )
+            await relay(stream, translator, exchange, log, clock, headers)
 
-    def _configured(self) -> tuple[Settings, UpstreamClient, str]:
-        """The settings, or the 500 that says which variable to fix."""
-        if self.settings is None or self.client is None:
-            raise ConfigurationError(
-                f"The function is misconfigured: {self._settings_error}. Fix the environment "
-                "variable and redeploy."
-            )
+    def _api_key(self) -> str:
+        """The provider key, or the 500 that says to set it."""
         if not self.settings.openai_api_key:
             raise ConfigurationError(
                 "The server has no OPENAI_API_KEY configured. Set the OPENAI_API_KEY environment "
                 "variable for this function and redeploy."
             )
-        return self.settings, self.client, self.settings.openai_api_key
+        return self.settings.openai_api_key
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message: Any = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                if self.client is not None:
-                    await self.client.close()
-                if self.limiter is not None:
-                    await self.limiter.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await _lifespan(receive, send, self.client.close, self.limiter.close)
+
+
+async def _lifespan(receive: Receive, send: Send, *closers: Callable[[], Awaitable[None]]) -> None:
+    """ASGI lifespan: nothing to start; at shutdown, close what the app holds."""
+    while True:
+        message: Any = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            for close in closers:
+                await close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return

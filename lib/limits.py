@@ -43,14 +43,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from lib.asgi import Scope, joined_header
+from lib.asgi import Header, Scope, joined_header
 from lib.config import Protection
 from lib.errors import BudgetExhausted, RateLimited, StoreUnavailable
 from lib.log import warn
 from lib.request import GenerateRequest, image_token_allowance
 from lib.store import MemoryStore, RedisStore, Store, StoreError
 
-Headers = list[tuple[bytes, bytes]]
 DEFAULT_LONGEST_STREAM = 900.0  # when no maxDuration is known: how late a settle may land
 LEASE_MARGIN = 60.0
 RETRY_FIRST_DELAY = 0.05
@@ -129,7 +128,7 @@ class Admission:
     """What one admitted request holds until it ends."""
 
     client: str
-    headers: Headers = field(default_factory=list)
+    headers: list[Header] = field(default_factory=list)
     lease: str | None = None
     lease_keys: list[str] = field(default_factory=list)
     lease_store: Store | None = None
@@ -181,17 +180,7 @@ class Limiter:
             self._warned_at[kind] = now
             warn(message)
 
-    @property
-    def enabled(self) -> bool:
-        p = self.protection
-        return bool(
-            p.rate_limit
-            or p.max_concurrent_streams
-            or p.global_max_concurrent_streams
-            or p.token_budget
-        )
-
-    def _policy_header(self) -> Headers:
+    def _policy_header(self) -> list[Header]:
         p = self.protection
         items = []
         if p.rate_limit is not None:
@@ -351,7 +340,7 @@ class Limiter:
         admission.max_tokens = request.max_tokens
 
     @staticmethod
-    def _headers_429(headers: Headers, retry_after: int, final: bool) -> dict[str, str]:
+    def _headers_429(headers: list[Header], retry_after: int, final: bool) -> dict[str, str]:
         extra = {k.decode("ascii"): v.decode("ascii") for k, v in headers}
         extra["Retry-After"] = str(retry_after)
         if final:

@@ -1,6 +1,6 @@
 """Which output format a caller gets: a pure function of what the caller can control.
 
-First match wins (CONTRACT.md section 1 explains why: neither AI SDK hook sends ``Accept``, and
+First match wins (docs/protocol.md section 1 explains why: neither AI SDK hook sends ``Accept``, and
 a browser cannot set ``User-Agent``):
 
 1. the ``format`` query parameter: ``openai``, ``ui`` or ``text`` (anything else is a 400);

@@ -312,8 +312,6 @@ class ResponsesUpstream(UpstreamStream):
 
     def __init__(self, inner: UpstreamStream, max_line_bytes: int) -> None:
         self._inner = inner
-        self.status = inner.status
-        self.content_type = inner.content_type
         self._decoder = SSEDecoder(max_line_bytes)
         self._convert = ChunksFromResponses()
         self._over = False

@@ -13,7 +13,7 @@ Deliberate choices the spec leaves open or that differ from a browser's ``EventS
   ``Event.retry`` is the ``retry`` value given inside that event's own block, else ``None``
   (the spec applies it to the connection; we have no connection to apply it to).
 - A line, or an event's accumulated data, longer than ``max_line_bytes`` raises
-  :class:`~lib.errors.UpstreamLineTooLong` as soon as the buffered bytes pass the limit; events
+  :class:`LineTooLong` as soon as the buffered bytes pass the limit; events
   completed earlier in the same chunk are dropped with it, because the stream is dead anyway.
 - ``flush()`` never dispatches (the spec discards an unterminated event) and leaves
   ``pending`` answering whether the stream was cut mid-line or mid-event.
@@ -27,9 +27,15 @@ import json
 import re
 from typing import NamedTuple
 
-from lib.errors import UpstreamLineTooLong
-
-__all__ = ["DONE", "Event", "SSEDecoder", "encode_comment", "encode_event", "encode_json"]
+__all__ = [
+    "DONE",
+    "Event",
+    "LineTooLong",
+    "SSEDecoder",
+    "encode_comment",
+    "encode_event",
+    "encode_json",
+]
 
 _BOM = b"\xef\xbb\xbf"
 _LF = 0x0A
@@ -39,6 +45,15 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _JSON = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
 
 DONE: bytes = b"data: [DONE]\n\n"
+
+
+class LineTooLong(Exception):
+    """Raised when a line, or one event's data, passes the decoder's byte limit (the translator
+    turns it into the HTTP-level :class:`~lib.errors.UpstreamLineTooLong`)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"an SSE line longer than {limit} bytes")
+        self.limit = limit
 
 
 class Event(NamedTuple):
@@ -206,7 +221,7 @@ class SSEDecoder:
         self._parts_size = 0
         self._data.clear()
         self._data_size = 0
-        raise UpstreamLineTooLong(self._max)
+        raise LineTooLong(self._max)
 
 
 def encode_event(data: str, *, event: str | None = None, id: str | None = None) -> bytes:

@@ -2,7 +2,7 @@
 
 One ``ClientSession`` per process and event loop, created lazily inside the running loop on the
 first request and reused by every later one, so a warm function skips DNS, TCP and TLS set-up.
-aiohttp's defaults are wrong for a relay (CONTRACT.md section 6): its 300 s ``total`` timeout
+aiohttp's defaults are wrong for a relay (docs/protocol.md section 2): its 300 s ``total`` timeout
 would cut every long stream and its 100-connection pool would queue stream 101. Here the connect,
 first-byte and idle limits are separate, there is no total, and the pool size is a setting.
 
@@ -45,12 +45,10 @@ _RETRY_AFTER = re.compile(r"[0-9]{1,10}(\.[0-9]{1,3})?|[A-Za-z0-9 ,:]{1,40} GMT"
 class UpstreamStream:
     """An accepted upstream response whose body is read chunk by chunk."""
 
-    __slots__ = ("_response", "content_type", "status")
+    __slots__ = ("_response",)
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
-        self.status = response.status
-        self.content_type = response.content_type
 
     async def read(self) -> bytes:
         """The next raw chunk as it arrived (``b""`` at the end). Safe to cancel: unread bytes

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lib.config import Settings, SettingsError, load_settings, vercel_max_duration
+from lib.handler import Misconfigured
 
 
 def test_defaults() -> None:
@@ -90,5 +91,6 @@ def test_module_imports_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
     sys.modules.pop("api.generate", None)
     module = importlib.import_module("api.generate")
     assert callable(module.app)
-    assert module.handler.settings is None
+    assert isinstance(module.handler, Misconfigured)  # no settings: every request is the 500
+    assert "MAX_TOKENS='not-a-number'" in module.handler.error.message
     sys.modules.pop("api.generate", None)

@@ -13,7 +13,7 @@ import pytest
 
 from dev.demo_upstream import DemoUpstream, Scenario
 from lib.config import load_settings
-from lib.handler import GenerateHandler
+from lib.handler import GenerateHandler, Misconfigured
 from tests.conftest import CANARY_KEY, Function, serve_asgi
 from tests.streams import canonical_events, post
 
@@ -217,12 +217,28 @@ async def test_missing_key_is_a_500_naming_the_variable(
 
 
 async def test_invalid_setting_is_a_500_naming_the_variable(http: aiohttp.ClientSession) -> None:
-    handler = GenerateHandler(None, settings_error="MAX_TOKENS='lots' is not a number")
+    handler = Misconfigured("MAX_TOKENS='lots' is not a number")
     url, stop = await serve_asgi(handler)
     try:
         resp = await post(http, url + "/api/generate", {"prompt": "x"})
         assert resp.status == 500
         assert "MAX_TOKENS" in (await error_of(resp))["message"]
+    finally:
+        await stop()
+
+
+async def test_a_misconfigured_function_answers_every_method_with_the_500(
+    http: aiohttp.ClientSession,
+) -> None:
+    url, stop = await serve_asgi(Misconfigured("MAX_TOKENS='lots' is not a number"))
+    try:
+        for method in ("GET", "OPTIONS", "DELETE"):
+            async with http.request(method, url + "/api/generate") as resp:
+                assert resp.status == 500, method
+                assert resp.headers["x-request-id"]
+                error = await error_of(resp)
+                assert error["type"] == "configuration_error"
+                assert "MAX_TOKENS='lots'" in error["message"]
     finally:
         await stop()
 

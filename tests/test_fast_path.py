@@ -1,5 +1,5 @@
-"""The relay's fast path for plain content chunks (no ``json.loads``) must say and write exactly
-what the slow path does: same bytes, same finish reason and usage, same in-band errors."""
+"""The translator's fast path for plain content chunks (no ``json.loads``) must say and write
+exactly what the slow path does: same bytes, same finish reason and usage, same in-band errors."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 
 from lib.errors import APIError
 from lib.formats import Format, OpenAIChat, OpenAICompletion
-from lib.relay import _ContentTemplate, _Outcome, _translate_events
 from lib.sse import Event
+from lib.translate import ContentTemplate, Said, Translator
 
 HEAD = '{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":'
 USAGE = '{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}'
@@ -41,15 +41,15 @@ STREAM = [
 ]
 
 
-def run(fmt: Format, datas: list[str], *, fast: bool) -> tuple[list[object], _Outcome]:
+def run(fmt: Format, datas: list[str], *, fast: bool) -> tuple[list[object], Said]:
     """Feed each event in its own read; return per-read (bytes, error type) and the outcome."""
-    outcome = _Outcome()
-    template = _ContentTemplate()
+    translator = Translator(fmt, secret="sk-x")
+    outcome = translator.said
     seen: list[object] = []
     for data in datas:
         if not fast:
-            template = _ContentTemplate()  # never learned: every chunk is parsed
-        out, failure = _translate_events([Event(data)], fmt, outcome, "sk-x", template)
+            translator.template = ContentTemplate()  # never learned: every chunk is parsed
+        out, failure = translator.feed_events([Event(data)])
         seen.append((out, None if failure is None else (type(failure), failure.message)))
         if outcome.done:
             break
@@ -71,10 +71,9 @@ def test_fast_path_matches_slow_path(
 
 
 def test_fast_path_is_taken_for_plain_chunks() -> None:
-    template = _ContentTemplate()
-    outcome = _Outcome()
-    fmt = OpenAIChat(include_usage=False)
-    _translate_events([Event(content("Hello"))], fmt, outcome, None, template)
+    translator = Translator(OpenAIChat(include_usage=False))
+    translator.feed_events([Event(content("Hello"))])
+    template = translator.template
     assert template.like is not None
     assert template.match(content(" more text")) == " more text"
     assert template.match(content("x", reason='"stop"')) is None
@@ -84,11 +83,9 @@ def test_fast_path_is_taken_for_plain_chunks() -> None:
 
 
 def test_in_band_error_still_detected_after_template() -> None:
-    outcome = _Outcome()
-    template = _ContentTemplate()
-    fmt = OpenAIChat(include_usage=False)
+    translator = Translator(OpenAIChat(include_usage=False))
     events = [Event(content("a")), Event(content("b")), Event('{"error":{"message":"x"}}')]
-    out, failure = _translate_events(events, fmt, outcome, None, template)
+    out, failure = translator.feed_events(events)
     assert isinstance(failure, APIError)
     assert out == b"".join(b"data: " + content(t).encode() + b"\n\n" for t in "ab")
 
@@ -180,14 +177,13 @@ def test_fast_path_matches_slow_path_for_reasoning_and_tool_calls(start: int) ->
 def test_fast_path_is_taken_for_reasoning_and_arguments() -> None:
     from lib.aisdk import UIMessageStream
 
-    template = _ContentTemplate()
-    fmt = UIMessageStream()
-    outcome = _Outcome()
-    _translate_events([Event(thought("a")), Event(thought("b"))], fmt, outcome, None, template)
+    translator = Translator(UIMessageStream())
+    translator.feed_events([Event(thought("a")), Event(thought("b"))])
+    template = translator.template
     assert template.kind == "reasoning_content"
     assert template.match(thought(" more")) == " more"
     for data in (opening(0, "a", "f"), fragment("{"), fragment("}")):
-        _translate_events([Event(data)], fmt, outcome, None, template)
+        translator.feed_events([Event(data)])
     assert template.kind == "arguments"
     assert template.match(fragment("x")) == "x"
     assert template.match(fragment("x", index=1)) is None  # another call: parsed

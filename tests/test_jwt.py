@@ -667,7 +667,6 @@ def test_jwt_settings_are_checked_and_secrets_never_echoed() -> None:
     with pytest.raises(SettingsError, match="AUTH_JWT_CLIENT_CLAIM"):
         load_settings({"AUTH_JWT_SECRET": SECRET, "AUTH_JWT_CLIENT_CLAIM": "a b"})
     settings = load_settings({"AUTH_JWT_SECRET": SECRET, "AUTH_JWT_AUDIENCE": "b, a"})
-    assert settings.protection.auth_required
     assert settings.protection.jwt is not None
     assert settings.protection.jwt.audience == ("a", "b")
     assert load_settings({}).protection.jwt is None

@@ -1,7 +1,7 @@
 """Play the Vercel platform around a function, using the real `vercel-runtime` package.
 
 The platform starts a Python function by running `vercel_runtime.vc_init` in a fresh process with
-the project root as working directory. Two modes, chosen by the environment (CONTRACT.md §5):
+the project root as working directory. Two modes, chosen by the environment (docs/platform.md):
 
 - IPC mode (production, streams): `VERCEL_IPC_PATH` names a Unix socket the platform listens on.
   The runtime connects, serves the ASGI app with uvicorn on an ephemeral loopback port, and

@@ -1,0 +1,358 @@
+"""Upstream stream bytes in, the caller's bytes out: the sans-I/O core of every stream.
+
+A :class:`Translator` is fed what the upstream sent, one read at a time, and returns the bytes
+to write for it; it knows nothing of sockets, tasks or time (the pump in ``lib/relay.py`` owns
+those). It decodes the SSE framing, parses and checks each chunk, notices ``[DONE]``, in-band
+upstream errors and a looping model, and hands each chunk to the output :class:`Format` (the
+part that differs per format: ``lib/formats.py`` and ``lib/aisdk.py``). What the stream said so
+far is on :attr:`Translator.said`.
+
+The protocol, as the pump uses it (h11 style: every step returns bytes, nothing is written
+here)::
+
+    t = Translator(fmt, max_line_bytes=..., secret=api_key, repetition=(window, period))
+    write(t.open())                         # right after the headers (may be b"")
+    for read in upstream:
+        out, failure = t.feed(read)         # the events this read completed, as bytes
+        write(out)                          # events before a failure still go out, in order
+        if failure: write(t.fail(failure))  # None: no error channel, break the connection
+        if t.said.done: break               # [DONE]
+    t.end()                                 # raises UpstreamTruncated if the answer was cut
+    write(t.close())                        # the format's clean end
+    # while the upstream is silent: t.keepalive() (None: send nothing)
+
+A new output format implements :class:`Format` (every method; see its docstring) and gets
+decoding, checks, errors, loops and the fast path from here unchanged.
+
+The fast path: most chunks of a stream differ from the one before only in one string (see
+:class:`ContentTemplate`). Those skip ``json.loads`` and go to :meth:`Format.delta` or
+:meth:`Format.other_delta`, which return exactly what :meth:`Format.chunk` would for them (or
+None: "parse it after all").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from lib.errors import (
+    APIError,
+    RepetitiveOutput,
+    UpstreamLineTooLong,
+    UpstreamProtocolError,
+    UpstreamStreamError,
+    UpstreamTruncated,
+    redact,
+)
+from lib.formats import Format
+from lib.log import warn
+from lib.repetition import RepetitionDetector
+from lib.sse import Event, LineTooLong, SSEDecoder
+
+
+class Said:
+    """What the upstream's events said so far."""
+
+    __slots__ = ("done", "events", "finish_reason", "usage")
+
+    def __init__(self) -> None:
+        self.done = False  # [DONE] seen, or a clean end of a finished answer
+        self.events = 0  # output events written
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None  # the upstream's last usage object
+
+
+class Translator:
+    """One stream's upstream events -> one output format's bytes (see the module docstring)."""
+
+    __slots__ = ("_decoder", "_delta", "_fmt", "_loops", "_other", "_secret", "said", "template")
+
+    def __init__(
+        self,
+        fmt: Format,
+        *,
+        max_line_bytes: int = 1 << 20,
+        secret: str | None = None,
+        repetition: tuple[int, int] | None = None,
+    ) -> None:
+        self._fmt = fmt
+        self._delta = fmt.delta  # bound once: looked up per event otherwise
+        self._other = fmt.other_delta
+        self._decoder = SSEDecoder(max_line_bytes)
+        self._secret = secret  # redacted from upstream error messages
+        self._loops = None if repetition is None else RepetitionDetector(*repetition)
+        self.said = Said()
+        self.template = ContentTemplate()
+
+    @property
+    def format(self) -> Format:
+        return self._fmt
+
+    def open(self) -> bytes:
+        return self._fmt.open()
+
+    def close(self) -> bytes:
+        return self._fmt.close()
+
+    def fail(self, error: APIError) -> bytes | None:
+        """The format's in-band error; None: it has none and the connection must break."""
+        return self._fmt.fail(error)
+
+    def keepalive(self) -> bytes | None:
+        return self._fmt.keepalive()
+
+    def feed(self, data: bytes) -> tuple[bytes, APIError | None]:
+        """The bytes for the events one upstream read completed, and the failure that ended
+        them, if any."""
+        try:
+            return self.feed_events(self._decoder.feed(data))
+        except LineTooLong as exc:  # the events completed before it in this read are dropped
+            return b"", UpstreamLineTooLong(exc.limit)
+        except _MALFORMED as exc:
+            # A shape the checks in feed_events (_wrong_shape, the parser's recursion limit)
+            # did not foresee: still the upstream's fault, still an in-band error, never a
+            # traceback. The events of this read are not sent.
+            warn("An upstream event had an unexpected shape.", error=type(exc).__name__)
+            return b"", UpstreamProtocolError(
+                "The upstream sent an event of a shape the protocol does not allow."
+            )
+
+    def end(self) -> None:
+        """The upstream body ended: a clean end only after ``[DONE]`` or a finish reason."""
+        said = self.said
+        if not said.done and said.finish_reason is None:
+            raise UpstreamTruncated("The upstream stream ended before the answer was complete.")
+        said.done = True
+
+    def feed_events(self, events: list[Event]) -> tuple[bytes, APIError | None]:
+        """:meth:`feed` for events already decoded."""
+        parts: list[bytes] = []
+        said, fmt, template = self.said, self._fmt, self.template
+        for event in events:
+            data = event.data
+            if not data:
+                continue
+            if template.like is not None:
+                text = template.match(data)
+                if text is not None:
+                    kind = template.kind
+                    if kind == "content":
+                        out = self._delta(data, text, template.like)
+                    else:
+                        out = self._other(kind, data, text, template.like)
+                    if out is not None:
+                        looping = None if kind == "arguments" else self._looping(text)
+                        if looping is not None:
+                            return b"".join(parts), looping
+                        if out:
+                            parts.append(out)
+                            said.events += 1
+                        continue
+            if data == "[DONE]":
+                said.done = True
+                break
+            chunk, failure = self._parse(data)
+            if failure is None:
+                assert chunk is not None
+                failure = self._learn(chunk)
+            if failure is not None:
+                return b"".join(parts), failure
+            assert chunk is not None
+            template.learn(data, chunk)
+            out = fmt.chunk(data, chunk)
+            if out:
+                parts.append(out)
+                said.events += 1
+        return b"".join(parts), None
+
+    def _parse(self, data: str) -> tuple[dict[str, Any] | None, APIError | None]:
+        """The chunk one event holds, or what is wrong with it."""
+        try:
+            chunk = _DECODER.decode(data)
+        except ValueError:
+            return None, UpstreamProtocolError("The upstream sent an event that is not valid JSON.")
+        except RecursionError:  # the C parser's recursion limit: hostile nesting
+            return None, UpstreamProtocolError(
+                "The upstream sent an event nested too deeply to read."
+            )
+        if not isinstance(chunk, dict):
+            return None, UpstreamProtocolError(
+                "The upstream sent an event that is not a JSON object."
+            )
+        wrong = _wrong_shape(chunk)
+        if wrong is not None:
+            return None, UpstreamProtocolError(f"The upstream sent an event {wrong}.")
+        if "error" in chunk:
+            return None, UpstreamStreamError(_upstream_message(chunk["error"], self._secret))
+        return chunk, None
+
+    def _learn(self, chunk: dict[str, Any]) -> APIError | None:
+        """Note a parsed chunk's finish reason and usage; the error if it completes a loop."""
+        said = self.said
+        choices = chunk.get("choices")
+        if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+            reason = choices[0].get("finish_reason")
+            if isinstance(reason, str):
+                said.finish_reason = reason
+            looping = self._looping(_text_of(choices[0]))
+            if looping is not None:
+                return looping
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            said.usage = usage
+        return None
+
+    def _looping(self, text: str) -> APIError | None:
+        """The error that cuts a looping model off, once ``text`` completes the loop; called
+        with every content delta (the fast path's included)."""
+        if self._loops is None:
+            return None
+        period = self._loops.feed(text)
+        if period is None:
+            return None
+        return RepetitiveOutput(
+            f"The model kept repeating the same {period}-character passage; the response was "
+            "cut off and is incomplete."
+        )
+
+
+_MALFORMED = (RecursionError, AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
+def _wrong_shape(chunk: dict[str, Any]) -> str | None:
+    """What is wrong with a parsed chunk's shape, in the fields the formats read (the chat and
+    completion chunk schemas), or None. Only parsed chunks come here: the fast path's chunks
+    have the shape of one that passed."""
+    choices = chunk.get("choices")
+    if choices is not None:
+        if not isinstance(choices, list):
+            return "whose choices is not a list"
+        for choice in choices:
+            if not isinstance(choice, dict):
+                return "with a choice that is not an object"
+            delta = choice.get("delta")
+            if delta is not None and not isinstance(delta, dict):
+                return "whose delta is not an object"
+            text = choice.get("text") if delta is None else delta.get("content")
+            if text is not None and not isinstance(text, str):
+                return "whose text is not a string"
+            reason = choice.get("finish_reason")
+            if reason is not None and not isinstance(reason, str):
+                return "whose finish_reason is not a string"
+    usage = chunk.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        return "whose usage is not an object"
+    return None
+
+
+class ContentTemplate:
+    """Recognises a stream's plain chunks by their bytes, so they skip ``json.loads``.
+
+    Most chunks of a stream differ only in one string: same id, model and created, one choice,
+    ``finish_reason`` null, no usage and no error, and a delta that holds only ``content``, or
+    only reasoning (``reasoning_content`` / ``reasoning``), or only one tool call's next
+    ``arguments`` fragment (``{"index": n, "function": {"arguments": ...}}``). After parsing
+    such a chunk whose string has no quote, backslash or control character, the JSON before and
+    after that string is kept, with its ``kind``. A later chunk that starts and ends with
+    exactly that JSON, and whose middle again has no quote, backslash or control character, is
+    the same document with another string: valid JSON, no finish reason, no usage, no error,
+    so nothing the slow path would learn from it is lost. Anything else (other fields, escapes,
+    a finish reason, usage, errors, ``[DONE]``, invalid JSON) takes the slow path, which also
+    re-learns the template.
+    """
+
+    __slots__ = ("head", "kind", "like", "tail")
+
+    def __init__(self) -> None:
+        self.like: dict[str, Any] | None = None  # the parsed chunk the template came from
+        self.kind = "content"  # content, reasoning_content, reasoning or arguments
+        self.head = ""
+        self.tail = ""
+
+    def learn(self, data: str, chunk: dict[str, Any]) -> None:
+        found = _plain_text(chunk)
+        if found is None or _UNSAFE_TEXT.search(found[1]) is not None:
+            return
+        kind, text = found
+        key = f'"{kind}":"'
+        start = data.find(key + text + '"')
+        if start < 0 or data.count(key) != 1:
+            return  # spelled differently by the upstream, or ambiguous: no template
+        cut = start + len(key)
+        self.head, self.tail, self.like = data[:cut], data[cut + len(text) :], chunk
+        self.kind = kind
+
+    def match(self, data: str) -> str | None:
+        """The chunk's string if it is a plain chunk of the template's shape, else None."""
+        head, tail = self.head, self.tail
+        if len(data) >= len(head) + len(tail) and data.startswith(head) and data.endswith(tail):
+            text = data[len(head) : len(data) - len(tail)]
+            if _UNSAFE_TEXT.search(text) is None:
+                return text
+        return None
+
+
+# In a JSON string these three need escapes; their absence makes the text its own JSON form.
+_UNSAFE_TEXT = re.compile(r'[\x00-\x1f"\\]')
+_PLAIN_KEYS = frozenset({"id", "object", "created", "model", "system_fingerprint", "usage"})
+_TEXT_KINDS = frozenset({"content", "reasoning_content", "reasoning"})
+
+
+def _plain_text(chunk: dict[str, Any]) -> tuple[str, str] | None:
+    """(kind, string) of a chat chunk that carries nothing but one string in its delta (see
+    :class:`ContentTemplate`), else None."""
+    choices = chunk.get("choices")
+    if chunk.get("usage") is not None or not isinstance(choices, list) or len(choices) != 1:
+        return None
+    if any(key != "choices" and key not in _PLAIN_KEYS for key in chunk):
+        return None
+    choice = choices[0]
+    if not isinstance(choice, dict) or choice.keys() != {"index", "delta", "finish_reason"}:
+        return None
+    delta = choice["delta"]
+    if choice["finish_reason"] is not None or not isinstance(delta, dict) or len(delta) != 1:
+        return None
+    ((kind, value),) = delta.items()
+    if kind in _TEXT_KINDS:
+        return (kind, value) if isinstance(value, str) else None
+    if kind != "tool_calls" or not isinstance(value, list) or len(value) != 1:
+        return None
+    call = value[0]
+    if not isinstance(call, dict) or call.keys() != {"index", "function"}:
+        return None
+    function = call["function"]
+    if type(call["index"]) is not int or not isinstance(function, dict):
+        return None
+    if function.keys() != {"arguments"} or not isinstance(function["arguments"], str):
+        return None
+    return "arguments", function["arguments"]
+
+
+def _text_of(choice: dict[str, Any]) -> str:
+    """The generated text in a chat (``delta.content``) or completion (``text``) choice, and a
+    chat delta's reasoning: a model can loop while it thinks too (tool arguments are left out:
+    a long list of like items is legitimately periodic)."""
+    delta = choice.get("delta")
+    if not isinstance(delta, dict):
+        text = choice.get("text")
+        return text if isinstance(text, str) else ""
+    text = delta.get("content")
+    thought = delta.get("reasoning_content") or delta.get("reasoning")
+    if isinstance(thought, str) and thought:
+        return thought + text if isinstance(text, str) else thought
+    return text if isinstance(text, str) else ""
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(name)  # NaN and Infinity: no browser's JSON.parse accepts them
+
+
+# Built once: json.loads with a keyword argument builds a new decoder on every call (3 us).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _upstream_message(error: Any, secret: str | None) -> str:
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return "The upstream failed mid-stream: " + redact(error["message"], secret)
+    return "The upstream failed mid-stream."
