@@ -69,6 +69,10 @@ from typing import Any, Literal
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from lib.config import Settings
+from lib.errors import RequestError, UpstreamStreamError
+from lib.responses import Meta, ResponsesStream, convert
+
 DEMO_REPLY = (
     "Hello! I am the demo upstream — a stand-in for a real model, streaming one token at a "
     "time. Schöne Grüße from the test bench 🚀. Set OPENAI_API_KEY to talk to a real model."
@@ -286,6 +290,34 @@ class _EventWriter:
         self._seen.events_sent += count
 
 
+class _ResponsesWriter(_EventWriter):
+    """Writes the chat chunks of a reply as the Responses API's events (``/v1/responses``)."""
+
+    def __init__(
+        self, resp: web.StreamResponse, scenario: Scenario, seen: SeenRequest, chunks: _Chunks
+    ) -> None:
+        super().__init__(resp, scenario, seen)
+        meta = Meta(chunks.id.replace("chatcmpl", "resp"), CREATED, chunks.model, {})
+        self._stream = ResponsesStream(meta)
+        self._pending.append(self._stream.open())
+
+    async def send(self, data: dict[str, Any] | str) -> None:
+        if data == "[DONE]":
+            out = self._stream.close()
+        elif isinstance(data, dict) and "error" in data:
+            error = data["error"]
+            message = error.get("message") if isinstance(error, dict) else None
+            out = self._stream.fail(UpstreamStreamError(str(message))) or b""
+        elif isinstance(data, dict):
+            out = self._stream.chunk("", data)
+        else:
+            out = data.encode() + b"\n\n"
+        if out:
+            self._pending.append(out)
+        if self._mode != "pairs" or len(self._pending) >= 2:
+            await self.flush()
+
+
 class DemoUpstream:
     """The fake upstream: an aiohttp app plus the scenario queue and the record of requests."""
 
@@ -310,6 +342,7 @@ class DemoUpstream:
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self._handle)
         self.app.router.add_post("/v1/completions", self._handle)
+        self.app.router.add_post("/v1/responses", self._handle)
         self.app.router.add_get("/v1/models", self._handle)
         self.app.on_shutdown.append(self._cancel_handlers)
 
@@ -381,6 +414,15 @@ class DemoUpstream:
         if not isinstance(payload, dict):
             message = "We could not parse the JSON body of your request: expected a JSON object."
             return web.json_response(error_body(message, "invalid_request_error"), status=400)
+        responses = request.path.endswith("/responses")
+        if responses:
+            # The Responses API: the request read as the chat request it amounts to, the reply
+            # written as Responses events (the same translators the function uses).
+            try:
+                payload = convert(payload, Settings()).body
+            except RequestError as error:
+                body = error_body(error.message, "invalid_request_error", param=error.param)
+                return web.json_response(body, status=400)
         if payload.get("stream") is not True:
             message = 'This demo upstream only streams: set "stream": true.'
             body = error_body(message, "invalid_request_error", param="stream")
@@ -388,14 +430,15 @@ class DemoUpstream:
 
         scenario = self._take(payload)
         self._count += 1
-        chat = request.path.endswith("/chat/completions")
+        chat = responses or request.path.endswith("/chat/completions")
         model = payload.get("model")
         options = payload.get("stream_options")
         chunks = _Chunks(
             chat=chat,
             id=f"{'chatcmpl' if chat else 'cmpl'}-demo{self._count}",
             model=model if isinstance(model, str) else MODELS[0],
-            include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            include_usage=responses
+            or (isinstance(options, dict) and options.get("include_usage") is True),
         )
         plan = _plan(payload, scenario, self) if chat else _Plan(self.reply)
         if not chat and scenario.text is not None:
@@ -419,7 +462,11 @@ class DemoUpstream:
         huge = _huge(chunks, scenario.huge_line_bytes) if scenario.huge_line_bytes else None
         resp = web.StreamResponse(headers=headers)
         await resp.prepare(request)  # sends the headers now: a StreamResponse does not hold them
-        out = _EventWriter(resp, scenario, seen)
+        out = (
+            _ResponsesWriter(resp, scenario, seen, chunks)
+            if responses
+            else _EventWriter(resp, scenario, seen)
+        )
         try:
             await self._stream(scenario, chunks, tokens, prompt_tokens, huge, out, plan)
         except ConnectionResetError:  # a write found the client gone

@@ -29,6 +29,7 @@ FUNCTION_FILE = "api/generate.py"
 PromptEndpoint = Literal["chat", "completions"]
 OutputFormat = Literal["openai", "ui", "text"]
 _FORMATS: dict[str, OutputFormat] = {"openai": "openai", "ui": "ui", "text": "text"}
+UpstreamAPI = Literal["chat", "responses"]
 MaxTokensField = Literal["max_completion_tokens", "max_tokens"]
 # The optional request fields the function can forward (lib/request.py checks each);
 # ALLOWED_PARAMS narrows them per deployment. docs/chat-completions.md has the rules.
@@ -186,6 +187,8 @@ class Settings:
     ignored_params: frozenset[str] = frozenset()
     image_url_schemes: frozenset[str] = frozenset({"https", "data"})
     max_image_body_bytes: int = default("MAX_IMAGE_BODY_BYTES")
+    # OpenAI's Responses API upstream (issue 13, docs/responses.md): chat or responses.
+    upstream_api: UpstreamAPI = "chat"
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -200,6 +203,10 @@ class Settings:
     @property
     def completions_url(self) -> str:
         return self.openai_base_url.rstrip("/") + "/completions"
+
+    @property
+    def responses_url(self) -> str:
+        return self.openai_base_url.rstrip("/") + "/responses"
 
 
 def _text(env: Mapping[str, str], name: str, default: str) -> str:
@@ -369,6 +376,9 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
             f"MAX_TOKENS_FIELD={max_field!r} must be max_completion_tokens or max_tokens"
         )
     allowed_params, ignored_params = _params(env)
+    upstream_api = _text(env, "UPSTREAM_API", "chat")
+    if upstream_api not in ("chat", "responses"):
+        raise SettingsError(f"UPSTREAM_API={upstream_api!r} must be chat or responses")
     return Settings(
         openai_api_key=env.get("OPENAI_API_KEY", "").strip() or None,
         openai_base_url=base_url,
@@ -409,6 +419,7 @@ def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Setti
         ignored_params=ignored_params,
         image_url_schemes=_image_schemes(env),
         max_image_body_bytes=read(env, "MAX_IMAGE_BODY_BYTES"),
+        upstream_api="responses" if upstream_api == "responses" else "chat",
     )
 
 

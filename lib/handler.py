@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from lib import responses
 from lib.asgi import (
     ClientDisconnected,
     ClientStalled,
@@ -55,6 +57,7 @@ from lib.request import (
     safety_identifier,
 )
 from lib.resilience import open_upstream
+from lib.responses_upstream import ResponsesUpstream, build_responses_request
 from lib.upstream import UpstreamClient
 
 ALLOW = b"OPTIONS, POST"
@@ -178,7 +181,7 @@ class GenerateHandler:
         if route not in ("models", "model"):
             raise NotFound(
                 f"There is no {path} here: this function serves /api/v1/chat/completions, "
-                "/api/v1/completions and /api/v1/models."
+                "/api/v1/completions, /api/v1/responses and /api/v1/models."
             )
         method = exchange.scope.get("method", "")
         if method == "OPTIONS":
@@ -212,7 +215,7 @@ class GenerateHandler:
         started: float,
     ) -> None:
         route = v1_route(exchange.scope.get("query_string", b""))
-        if route is not None:
+        if route is not None and route[0] != responses.ROUTE:
             await self._v1(exchange, *route, id_header)
             return
         method = exchange.scope.get("method", "")
@@ -231,10 +234,14 @@ class GenerateHandler:
         requested_format(query)  # a bad format parameter is a 400 before the body is read
         check_json_content_type(exchange.scope)
         raw = await exchange.read_body(body_limit(settings), settings.body_read_timeout)
-        request = parse_body(raw, settings, stream_default=not v1_semantics(query))
-        accept = header(exchange.scope, b"accept")
-        fmt = choose_format(query, request, accept, settings.default_format)
-        check_fit(request, fmt.name)
+        fmt: Format
+        if route is not None:  # /api/v1/responses (lib/responses.py)
+            request, fmt = responses.parse(raw, settings, query, int(time.time()))
+        else:
+            request = parse_body(raw, settings, stream_default=not v1_semantics(query))
+            accept = header(exchange.scope, b"accept")
+            fmt = choose_format(query, request, accept, settings.default_format)
+            check_fit(request, fmt.name)
         log.shape, log.format, log.model = request.shape, fmt.name, request.model
         if settings.log_prompts:
             log.prompt = request.text_for_log()
@@ -242,7 +249,10 @@ class GenerateHandler:
         if caller.client_id is not None:  # authenticated: trace abuse to a user, hashed
             secret = settings.protection.auth_signing_secret
             safety_id = safety_identifier(caller.client_id, secret)
-        upstream_request = build_upstream_request(request, settings, safety_id=safety_id)
+        if settings.upstream_api == "responses":
+            upstream_request = build_responses_request(request, settings, safety_id=safety_id)
+        else:
+            upstream_request = build_upstream_request(request, settings, safety_id=safety_id)
         p = settings.protection
         log.client = client_key(scope, p.trust_proxy_header, caller.client_id, p.ipv6_prefix)
         admission = await self.limiter.admit(log.client, request)
@@ -297,6 +307,8 @@ class GenerateHandler:
                 raise DeadlineExceeded(
                     "The upstream did not answer before the function's time limit."
                 ) from None
+            if upstream_request.endpoint == "responses":
+                stream = ResponsesUpstream(stream, settings.max_line_bytes)
             clock = clock_for(settings, started=started, cut_at=cut_at)
             translator = translator_for(fmt, settings)
             if isinstance(fmt, WholeResponse):

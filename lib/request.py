@@ -73,7 +73,7 @@ def _loggable(message: dict[str, Any]) -> str:
 class UpstreamRequest:
     url: str
     body: bytes
-    endpoint: Literal["chat", "completions"]
+    endpoint: Literal["chat", "completions", "responses"]
 
 
 # --- strict JSON ------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from lib.request import UpstreamRequest
 from lib.retry import Target, open_with_retries
 from lib.upstream import UpstreamClient, UpstreamStream
 
-_PATHS = {"chat": "/chat/completions", "completions": "/completions"}
+_PATHS = {"chat": "/chat/completions", "completions": "/completions", "responses": "/responses"}
 
 
 def targets(settings: Settings, api_key: str) -> tuple[Target, ...]:

@@ -18,6 +18,7 @@ import {
   streamText,
   tool,
 } from "ai";
+import { createOpenAI } from "@ai-sdk/openai";
 import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
 import { z } from "zod";
 import { EventSourceParserStream } from "eventsource-parser/stream";
@@ -259,6 +260,56 @@ const ops = {
       text,
       reasoning,
       executed,
+      finishReasons: steps.map((step) => step.finishReason),
+    };
+  },
+
+  /** @ai-sdk/openai (its default model call is the Responses API) pointed at the function's
+   * /api/v1: streamText with a tool the SDK executes, then a second step with its result
+   * (store: false, as a stateless server needs), or generateText (one Response object). */
+  async responses({ baseURL, model, prompt, mode, reasoning }) {
+    const provider = createOpenAI({ baseURL, apiKey: "caller-own-key" });
+    const providerOptions = {
+      openai: { store: false, ...(reasoning ? { reasoningEffort: "low", reasoningSummary: "auto" } : {}) },
+    };
+    if (mode === "generateText") {
+      const result = await generateText({ model: provider(model), prompt, providerOptions });
+      return { text: result.text, finishReason: result.finishReason, usage: result.usage };
+    }
+    const executed = [];
+    const result = streamText({
+      model: provider(model),
+      prompt,
+      providerOptions,
+      tools: {
+        get_weather: tool({
+          description: "The weather in a city.",
+          inputSchema: z.object({ city: z.string() }),
+          execute: async ({ city }) => {
+            executed.push(city);
+            return { city, temp_c: 21 };
+          },
+        }),
+      },
+      stopWhen: isStepCount(3),
+    });
+    let text = "";
+    let reasoning_text = "";
+    const errors = [];
+    const tools = [];
+    for await (const part of result.fullStream) {
+      if (part.type === "text-delta") text += part.text;
+      if (part.type === "reasoning-delta") reasoning_text += part.text;
+      if (part.type === "tool-call") tools.push({ name: part.toolName, input: part.input });
+      if (part.type === "error") errors.push(String(part.error?.message ?? part.error));
+    }
+    const steps = await result.steps;
+    return {
+      text,
+      reasoning: reasoning_text,
+      executed,
+      tools,
+      errors,
       finishReasons: steps.map((step) => step.finishReason),
     };
   },
