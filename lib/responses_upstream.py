@@ -311,6 +311,7 @@ class ResponsesUpstream(UpstreamStream):
     __slots__ = ("_convert", "_decoder", "_inner", "_over")
 
     def __init__(self, inner: UpstreamStream, max_line_bytes: int) -> None:
+        self._init_read_timer()  # its own read_before timer; the inner stream's is never armed
         self._inner = inner
         self._decoder = SSEDecoder(max_line_bytes)
         self._convert = ChunksFromResponses()
@@ -332,7 +333,9 @@ class ResponsesUpstream(UpstreamStream):
         return self._convert.feed(self._decoder.feed(raw)) if raw else b""
 
     def close(self) -> None:
+        self._stop_timer()
         self._inner.close()
 
     def release(self) -> None:
+        self._stop_timer()
         self._inner.release()

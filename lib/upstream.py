@@ -56,8 +56,12 @@ class UpstreamStream:
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
-        # read_before's one timer per stream: when it is set for, the deadline of the read in
-        # progress, the task waiting in it, and whether the timer cancelled that task.
+        self._init_read_timer()
+
+    def _init_read_timer(self) -> None:
+        """read_before's one timer per stream: when it is set for, the deadline of the read in
+        progress, the task waiting in it, and whether the timer cancelled that task (a stream
+        that wraps another calls this instead of ``__init__``)."""
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._wake = 0.0
