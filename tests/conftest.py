@@ -36,6 +36,28 @@ class Function:
     handler: GenerateHandler
 
 
+class ErrorTap(logging.Handler):
+    """Records any log record that carries a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tracebacks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info is not None or record.levelno >= logging.ERROR:
+            self.tracebacks.append(record.getMessage())
+
+
+@pytest.fixture
+def error_tap() -> Iterator[ErrorTap]:
+    """Every log record with a traceback or at ERROR, for tests that must see none."""
+    logger = logging.getLogger("streaming_function")
+    tap = ErrorTap()
+    logger.addHandler(tap)
+    yield tap
+    logger.removeHandler(tap)
+
+
 @pytest.fixture
 def demo() -> DemoUpstream:
     return DemoUpstream(pace=0)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from hypothesis import strategies as st
 
 from lib.config import load_settings
 from lib.handler import GenerateHandler
-from tests.conftest import CANARY_KEY
+from tests.conftest import CANARY_KEY, ErrorTap
 
 EXAMPLES = 2000
 
@@ -197,27 +196,6 @@ method = st.integers(0, 99).map(lambda i: "POST" if i < 85 else OTHER_METHODS[(i
 query = st.sampled_from(
     [b"", b"format=ui", b"format=text", b"format=openai", b"a=%ff&&="]
 ) | st.binary(max_size=30)
-
-
-class ErrorTap(logging.Handler):
-    """Records any log record that carries a traceback."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tracebacks: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info is not None or record.levelno >= logging.ERROR:
-            self.tracebacks.append(record.getMessage())
-
-
-@pytest.fixture
-def error_tap() -> Iterator[ErrorTap]:
-    logger = logging.getLogger("streaming_function")
-    tap = ErrorTap()
-    logger.addHandler(tap)
-    yield tap
-    logger.removeHandler(tap)
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ traceback, every error is the one JSON envelope, and every stream ends with
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -15,8 +14,8 @@ from hypothesis import strategies as st
 
 from lib.config import load_settings
 from lib.handler import GenerateHandler
-from tests.conftest import CANARY_KEY
-from tests.test_fuzz import ErrorTap, call, json_value
+from tests.conftest import CANARY_KEY, ErrorTap
+from tests.test_fuzz import call, json_value
 
 EXAMPLES = 600
 QUERY = b"api=v1&route=responses"
@@ -109,15 +108,6 @@ plausible = st.fixed_dictionaries(
         "store": st.just(False),
     },
 )
-
-
-@pytest.fixture
-def error_tap() -> Iterator[ErrorTap]:
-    logger = logging.getLogger("streaming_function")
-    tap = ErrorTap()
-    logger.addHandler(tap)
-    yield tap
-    logger.removeHandler(tap)
 
 
 @pytest.fixture
