@@ -294,7 +294,7 @@ def _reasoning(value: Any, body: dict[str, Any]) -> None:
         raise _refuse("reasoning must be an object.", "reasoning")
     _unknown(value, {"effort", "summary"}, "reasoning")
     summary = value.get("summary")
-    if summary is not None and summary not in SUMMARIES:
+    if summary is not None and (not isinstance(summary, str) or summary not in SUMMARIES):
         raise _refuse("reasoning.summary must be auto, concise or detailed.", "reasoning.summary")
     if value.get("effort") is not None:
         body["reasoning_effort"] = value["effort"]

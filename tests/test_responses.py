@@ -270,6 +270,7 @@ async def test_a_string_input_is_one_user_message(
             "reasoning.generate_summary",
         ),
         ({"input": "x", "reasoning": {"summary": "long"}}, "reasoning.summary"),
+        ({"input": "x", "reasoning": {"summary": ["auto"]}}, "reasoning.summary"),  # fuzz: a 500
         ({"model": "gpt-4o"}, "input"),
         # the Chat Completions validator's own rules, renamed to the Responses field
         ({"input": "x", "max_output_tokens": 10**6}, "max_output_tokens"),
