@@ -111,6 +111,21 @@ def ratio(ours: float | None, base: float | None) -> float | None:
     return round(ours / base, 2)
 
 
+def shape_variants(formats: dict[str, bool]) -> list[Variant]:
+    """Each stream shape (reasoning, tool calls) as a pass-through and as the function's chat and
+    ``ui`` output, each function variant paired with the pass-through of the same shape."""
+    out = []
+    for shape, extra in SHAPES.items():
+        base = f"passthrough {shape}"
+        out.append(Variant(base, "passthrough", body=chat_body(**extra), shape=shape))
+        body = fn_chat(**extra)
+        out.append(Variant(f"function chat {shape}", "function", "", body, shape, base))
+        if formats["ui"]:
+            name = f"function ui {shape}"
+            out.append(Variant(name, "function", "?format=ui", body, shape, base))
+    return out
+
+
 def chat_body(**extra: Any) -> bytes:
     """What an OpenAI-style client sends direct (and what the pass-through forwards): the same
     upstream request our function builds (usage asked for, as ours does for its own logs)."""
@@ -324,14 +339,7 @@ async def w2(scale: Scale, loop: str | None, logs: Path) -> dict[str, Any]:
                 )
             else:
                 skipped.append(f"function {name}: ?format={name} not supported by this build")
-        for shape, extra in SHAPES.items():
-            base = f"passthrough {shape}"
-            variants.append(Variant(base, "passthrough", body=chat_body(**extra), shape=shape))
-            body = fn_chat(**extra)
-            variants.append(Variant(f"function chat {shape}", "function", "", body, shape, base))
-            if formats["ui"]:
-                name = f"function ui {shape}"
-                variants.append(Variant(name, "function", "?format=ui", body, shape, base))
+        variants += shape_variants(formats)
         samples: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants}
         errors = {v.name: 0 for v in variants}
         for rnd in range(scale.w2_rounds):
@@ -586,15 +594,7 @@ def paced_variants(formats: dict[str, bool]) -> list[Variant]:
     for name in ("ui", "text"):
         if formats[name]:
             variants.append(Variant(f"function {name}", "function", f"?format={name}", FN_PROMPT))
-    for shape, extra in SHAPES.items():
-        base = f"passthrough {shape}"
-        variants.append(Variant(base, "passthrough", body=chat_body(**extra), shape=shape))
-        body = fn_chat(**extra)
-        variants.append(Variant(f"function chat {shape}", "function", "", body, shape, base))
-        if formats["ui"]:
-            name = f"function ui {shape}"
-            variants.append(Variant(name, "function", "?format=ui", body, shape, base))
-    return variants
+    return variants + shape_variants(formats)
 
 
 async def w6(scale: Scale, loop: str | None, logs: Path) -> dict[str, Any]:

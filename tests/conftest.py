@@ -22,6 +22,7 @@ from dev.demo_upstream import DemoUpstream, start_demo_upstream
 from dev.inprocess import serve_asgi
 from lib.config import PROJECT_ROOT, load_settings
 from lib.handler import GenerateHandler
+from tests.jsdriver import NodeDriver
 
 pytest_plugins = ["tests.redisproc"]  # a real redis-server for the shared-limit tests
 
@@ -56,6 +57,14 @@ def error_tap() -> Iterator[ErrorTap]:
     logger.addHandler(tap)
     yield tap
     logger.removeHandler(tap)
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[NodeDriver]:
+    """One node process running tests/js/driver.mjs for the module (starting it costs ~0.3 s)."""
+    driver = NodeDriver()
+    yield driver
+    driver.close()
 
 
 @pytest.fixture

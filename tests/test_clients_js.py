@@ -7,7 +7,7 @@ by ``tests/js/package-lock.json``."""
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -23,13 +23,6 @@ pytestmark = pytest.mark.node
 
 TEXT = "Grüße, naïve café — 你好 🚀 done."
 MakeFunction = Callable[..., Awaitable[Function]]
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[NodeDriver]:
-    driver = NodeDriver()
-    yield driver
-    driver.close()
 
 
 # -- useCompletion's callCompletionApi -------------------------------------------------------

@@ -7,7 +7,7 @@ itself), reasoning parts and image files; ``@ai-sdk/openai-compatible`` pointed 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -33,13 +33,6 @@ WEATHER = {
     },
 }
 PNG = "data:image/png;base64,iVBORw0KGgo="
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[NodeDriver]:
-    driver = NodeDriver()
-    yield driver
-    driver.close()
 
 
 @pytest.fixture

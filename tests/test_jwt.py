@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -125,13 +125,6 @@ async def jwks(
     yield server, str(running.make_url("/.well-known/jwks.json"))
     if server.stall is not None:
         server.stall.set()
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[NodeDriver]:
-    driver = NodeDriver()
-    yield driver
-    driver.close()
 
 
 @dataclass

@@ -5,7 +5,7 @@ failure the SDK reports as an error (docs/responses.md)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -20,13 +20,6 @@ from tests.jsdriver import NodeDriver
 pytestmark = pytest.mark.node
 
 Site = Callable[..., Awaitable[str]]
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[NodeDriver]:
-    driver = NodeDriver()
-    yield driver
-    driver.close()
 
 
 @pytest.fixture
