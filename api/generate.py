@@ -12,14 +12,15 @@ import os
 
 from lib.asgi import Receive, Scope, Send
 from lib.config import SettingsError, load_settings
-from lib.handler import GenerateHandler, Misconfigured
+from lib.handler import GenerateHandler, Misconfigured, serve
 
 handler: GenerateHandler | Misconfigured
 try:
     handler = GenerateHandler(load_settings(os.environ))
 except SettingsError as error:
     handler = Misconfigured(str(error))
+_app = serve(handler)
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
-    await handler(scope, receive, send)
+    await _app(scope, receive, send)

@@ -69,7 +69,7 @@ from typing import Any, Literal
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from lib.config import Settings
+from lib.config import RequestLimits
 from lib.errors import RequestError, UpstreamStreamError
 from lib.responses import Meta, ResponsesStream, convert
 
@@ -419,7 +419,7 @@ class DemoUpstream:
             # The Responses API: the request read as the chat request it amounts to, the reply
             # written as Responses events (the same translators the function uses).
             try:
-                payload = convert(payload, Settings()).body
+                payload = convert(payload, RequestLimits()).body
             except RequestError as error:
                 body = error_body(error.message, "invalid_request_error", param=error.param)
                 return web.json_response(body, status=400)

@@ -28,6 +28,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Header = tuple[bytes, bytes]  # one header as ASGI carries it: lower-case name, value
+App = Callable[[Scope, Receive, Send], Awaitable[None]]  # an ASGI application
 Headers = Iterable[Header]  # the one header type: every module uses these two
 CLOSE = (b"connection", b"close")
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lib.config import DEFAULT_MAX_TOKEN_LIFETIME, Protection
+from lib.config import Protection, default
 from lib.errors import AuthenticationError
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class Authenticator:
         tokens: Collection[str],
         signing_secret: str | None,
         *,
-        max_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME,
+        max_lifetime: int = default("AUTH_MAX_TOKEN_LIFETIME"),
         jwt: JWTVerifier | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:

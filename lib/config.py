@@ -1,13 +1,16 @@
-"""Settings: read once from the environment into one frozen object, from one table.
+"""Settings: read once from the environment, from one table, into frozen groups.
 
-Every numeric and boolean setting (name, type, bounds, default, doc line) is written once, in
-``SPECS``; the loader and the dataclass defaults read it. The others (URLs, lists, rates,
-enumerations) have a parser of their own below.
+Every setting (variable, group, field, default, parser, doc line; bounds for numbers) is written
+once, in ``SPECS``; the loader reads it, the group dataclasses take their defaults from it, and
+``tests/test_settings_table.py`` checks the docs' reference tables and the groups against it.
+Each module is given only the group it needs: the upstream client ``UpstreamSettings``, request
+parsing ``RequestLimits``, the relay's clock ``StreamLimits``, the limiter ``Protection``, the
+CORS middleware ``CORSSettings``; the handler composes them.
 
 ``load_settings`` takes the environment as a mapping so that tests pass a dict. A value that
-cannot be used raises ``SettingsError`` naming the variable and the value; a missing
-``OPENAI_API_KEY`` is *not* an error here (the function must still import: every request then
-gets a 500 that names the variable, see ``api/generate.py``).
+cannot be used raises ``SettingsError`` naming the variable (and the value, unless it is a
+secret); a missing ``OPENAI_API_KEY`` is *not* an error here (the function must still import:
+every request then gets a 500 that names the variable, see ``api/generate.py``).
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ FUNCTION_FILE = "api/generate.py"
 
 PromptEndpoint = Literal["chat", "completions"]
 OutputFormat = Literal["openai", "ui", "text"]
-_FORMATS: dict[str, OutputFormat] = {"openai": "openai", "ui": "ui", "text": "text"}
 UpstreamAPI = Literal["chat", "responses"]
 MaxTokensField = Literal["max_completion_tokens", "max_tokens"]
+Group = Literal["upstream", "request", "stream", "protection", "jwt", "cors", "output"]
 # The optional request fields the function can forward (lib/request.py checks each);
 # ALLOWED_PARAMS narrows them per deployment. docs/chat-completions.md has the rules.
 OPTIONAL_PARAMS: frozenset[str] = frozenset(
@@ -58,229 +61,127 @@ OPTIONAL_PARAMS: frozenset[str] = frozenset(
     }
 )
 IMAGE_SCHEMES = frozenset({"https", "http", "data"})
+MIN_SECRET_CHARS = 32
+MIN_TOKEN_CHARS = 16
 
 
 class SettingsError(ValueError):
     """Raised when an environment variable holds a value the function cannot use."""
 
 
+# A parser gets the variable's name, its value (stripped, never empty: an unset or blank
+# variable takes the default without a parse) and the whole environment (for the one setting
+# that names other variables, UPSTREAM_FALLBACKS).
+Parser = Callable[[str, str, Mapping[str, str]], Any]
+
+
 @dataclass(frozen=True, slots=True)
 class Spec:
-    """One numeric or boolean setting: its variable, type, bounds, default and doc line."""
+    """One setting: its variable, where it lands, its default, how it is read, its doc line."""
 
     name: str
-    kind: type[int] | type[float] | type[bool]
-    default: float
+    group: Group
+    field: str
+    default: Any
+    parse: Parser
+    doc: str
+    kind: type[int] | type[float] | type[bool] | None = None  # numbers and flags only
     low: float = 0
     high: float = 0
-    doc: str = ""
-    off_at_zero: bool = False  # 0 (the default) means the limit is off: read as None
+    shown: str = ""  # how the docs write a default that is not a plain number or none
 
 
-_KB, _MB = 1024, 1024 * 1024
-# Every numeric and boolean setting, written once: load_settings reads it, the dataclasses take
-# their defaults from it, and tests/test_settings_table.py checks the docs' reference tables
-# against it (name and default), so the three cannot drift.
-SPECS: Final[tuple[Spec, ...]] = (
-    # upstream
-    Spec("UPSTREAM_CONNECT_TIMEOUT", float, 10.0, 0.01, 600.0, "seconds to open a connection"),
-    Spec("UPSTREAM_FIRST_BYTE_TIMEOUT", float, 60.0, 0.01, 3600.0, "seconds to response headers"),
-    Spec("UPSTREAM_IDLE_TIMEOUT", float, 120.0, 0.01, 3600.0, "seconds of upstream silence"),
-    Spec("UPSTREAM_MAX_LINE_BYTES", int, _MB, _KB, 64 * _MB, "longest upstream SSE line"),
-    Spec("UPSTREAM_MAX_CONNECTIONS", int, 1000, 1, 100_000, "shared connection pool size"),
-    Spec("UPSTREAM_INCLUDE_USAGE", bool, True, doc="ask the upstream for the usage chunk"),
-    Spec("UPSTREAM_MAX_RETRIES", int, 2, 0, 10, "extra attempts per upstream"),
-    Spec("UPSTREAM_RETRY_BASE_DELAY", float, 0.5, 0.0, 60.0, "first backoff, seconds"),
-    Spec("UPSTREAM_RETRY_MAX_DELAY", float, 8.0, 0.0, 600.0, "backoff cap, seconds"),
-    # request limits
-    Spec("MAX_TOKENS", int, 1024, 1, 1_000_000, "cap (and default) for max_tokens"),
-    Spec("MAX_BODY_BYTES", int, 64 * _KB, 256, 16 * _MB, "request body cap"),
-    Spec("MAX_IMAGE_BODY_BYTES", int, 4 * _MB, 256, 64 * _MB, "body cap with images"),
-    Spec("BODY_READ_TIMEOUT", float, 15.0, 0.05, 600.0, "seconds for the whole body to arrive"),
-    Spec("MAX_PROMPT_CHARS", int, 32_000, 1, 10_000_000, "cap on the prompt or all contents"),
-    Spec("MAX_MESSAGES", int, 64, 1, 10_000, "cap on messages"),
-    # stream limits
-    Spec("MAX_DURATION", float, 0.0, 0.0, 86_400.0, "time limit if none is given", True),
-    Spec("DEADLINE_MARGIN", float, 2.0, 0.0, 600.0, "seconds before the limit to end cleanly"),
-    Spec("KEEPALIVE_INTERVAL", float, 15.0, 0.05, 600.0, "seconds of silence before a ping"),
-    Spec("CLIENT_WRITE_TIMEOUT", float, 30.0, 0.05, 3600.0, "longest wait of one write"),
-    Spec("MAX_STREAM_SECONDS", float, 300.0, 0.0, 86_400.0, "longest stream, 0: no limit", True),
-    Spec("REPETITION_WINDOW", int, 2000, 0, 1_000_000, "characters that must repeat, 0: off"),
-    # output
-    Spec("LOG_PROMPTS", bool, False, doc="include the prompt in the log line"),
-    # CORS
-    Spec("CORS_MAX_AGE", int, 600, 0, 86_400, "seconds a browser may cache a preflight"),
-    # protection
-    Spec("MAX_CONCURRENT_STREAMS", int, 0, 0, 1_000_000, "open streams per client", True),
-    Spec("GLOBAL_MAX_CONCURRENT_STREAMS", int, 0, 0, 1_000_000, "open streams in all", True),
-    Spec("STORE_TIMEOUT", float, 0.5, 0.01, 10.0, "seconds for each store call"),
-    Spec("STORE_MAX_CONNECTIONS", int, 20, 1, 10_000, "connections to the store"),
-    Spec("STREAM_LEASE_SECONDS", float, 30.0, 3.0, 3600.0, "lifetime of a stream slot's lease"),
-    Spec("AUTH_MAX_TOKEN_LIFETIME", int, 86_400, 60, 30 * 86_400, "longest token lifetime"),
-    Spec("AUTH_JWKS_CACHE_SECONDS", float, 600.0, 60.0, 86_400.0, "how long keys are used"),
-    Spec("AUTH_JWKS_TIMEOUT", float, 5.0, 0.05, 60.0, "seconds for one JWKS fetch"),
-    Spec("IPV6_PREFIX", int, 56, 16, 128, "IPv6 callers count per block of this length"),
-)
-SPEC: Final[Mapping[str, Spec]] = {spec.name: spec for spec in SPECS}
+# --- parsers -----------------------------------------------------------------------------------
 
 
-def default(name: str) -> Any:
-    """A setting's default as its field holds it (None for a limit that is off)."""
-    spec = SPEC[name]
-    if spec.off_at_zero and not spec.default:
-        return None
-    return spec.kind(spec.default)
+def _number(kind: type[int] | type[float], low: float, high: float, off_at_zero: bool) -> Parser:
+    def parse(name: str, raw: str, env: Mapping[str, str]) -> Any:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingsError(f"{name}={raw!r} is not a finite number")
+        if not low <= value <= high:
+            shown = f"{int(low)}..{int(high)}" if kind is int else f"{low}..{high}"
+            raise SettingsError(f"{name}={raw!r} is outside {shown}")
+        return None if off_at_zero and not value else value
+
+    return parse
 
 
-def read(env: Mapping[str, str], name: str) -> Any:
-    """A table setting from ``env``, checked against its type and bounds."""
-    spec = SPEC[name]
-    if spec.kind is bool:
-        return _flag(env, name, bool(spec.default))
-    if spec.kind is int:
-        value: float = _number(env, name, int(spec.default), int, int(spec.low), int(spec.high))
-    else:
-        value = _number(env, name, float(spec.default), float, float(spec.low), float(spec.high))
-    return None if spec.off_at_zero and not value else value
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Everything the function reads from its environment. Names mirror the variables."""
-
-    openai_api_key: str | None = None
-    openai_base_url: str = "https://api.openai.com/v1"
-    default_model: str = "gpt-4o-mini"
-    allowed_models: frozenset[str] = frozenset({"gpt-4o-mini"})
-    max_tokens: int = default("MAX_TOKENS")
-    max_body_bytes: int = default("MAX_BODY_BYTES")
-    body_read_timeout: float = default("BODY_READ_TIMEOUT")
-    max_prompt_chars: int = default("MAX_PROMPT_CHARS")
-    max_messages: int = default("MAX_MESSAGES")
-    prompt_endpoint: PromptEndpoint = "chat"
-    upstream_include_usage: bool = default("UPSTREAM_INCLUDE_USAGE")
-    connect_timeout: float = default("UPSTREAM_CONNECT_TIMEOUT")
-    first_byte_timeout: float = default("UPSTREAM_FIRST_BYTE_TIMEOUT")
-    idle_timeout: float = default("UPSTREAM_IDLE_TIMEOUT")
-    max_line_bytes: int = default("UPSTREAM_MAX_LINE_BYTES")
-    upstream_max_connections: int = default("UPSTREAM_MAX_CONNECTIONS")
-    max_duration: float | None = default("MAX_DURATION")
-    deadline_margin: float = default("DEADLINE_MARGIN")
-    keepalive_interval: float = default("KEEPALIVE_INTERVAL")
-    write_timeout: float = default("CLIENT_WRITE_TIMEOUT")
-    log_prompts: bool = default("LOG_PROMPTS")
-    default_format: OutputFormat = "openai"
-    allowed_origins: frozenset[str] = frozenset()
-    cors_max_age: int = default("CORS_MAX_AGE")
-    protection: Protection = field(default_factory=lambda: Protection())
-    # Resilience (issue 5): retries before the first byte, fallbacks, per-stream limits.
-    upstream_max_retries: int = default("UPSTREAM_MAX_RETRIES")
-    upstream_retry_base_delay: float = default("UPSTREAM_RETRY_BASE_DELAY")
-    upstream_retry_max_delay: float = default("UPSTREAM_RETRY_MAX_DELAY")
-    fallbacks: tuple[Target, ...] = ()
-    max_stream_seconds: float | None = default("MAX_STREAM_SECONDS")
-    repetition_window: int = default("REPETITION_WINDOW")
-    repetition_max_period: int = 200
-    # The Chat Completions surface (issue 12, docs/chat-completions.md).
-    max_tokens_field: MaxTokensField = "max_completion_tokens"
-    allowed_params: frozenset[str] = OPTIONAL_PARAMS
-    ignored_params: frozenset[str] = frozenset()
-    image_url_schemes: frozenset[str] = frozenset({"https", "data"})
-    max_image_body_bytes: int = default("MAX_IMAGE_BODY_BYTES")
-    # OpenAI's Responses API upstream (issue 13, docs/responses.md): chat or responses.
-    upstream_api: UpstreamAPI = "chat"
-
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(
-            self.upstream_max_retries, self.upstream_retry_base_delay, self.upstream_retry_max_delay
-        )
-
-    @property
-    def chat_url(self) -> str:
-        return self.openai_base_url.rstrip("/") + "/chat/completions"
-
-    @property
-    def completions_url(self) -> str:
-        return self.openai_base_url.rstrip("/") + "/completions"
-
-    @property
-    def responses_url(self) -> str:
-        return self.openai_base_url.rstrip("/") + "/responses"
-
-
-def _text(env: Mapping[str, str], name: str, default: str) -> str:
-    value = env.get(name, "").strip()
-    return value or default
-
-
-def _number[T: (int, float)](
-    env: Mapping[str, str], name: str, default: T, cast: Callable[[str], T], low: T, high: T
-) -> T:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = cast(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise SettingsError(f"{name}={raw!r} is not a finite number")
-    if not low <= value <= high:
-        raise SettingsError(f"{name}={raw!r} is outside {low}..{high}")
-    return value
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in {"1", "true", "yes", "on"}:
+def _flag(name: str, raw: str, env: Mapping[str, str]) -> bool:
+    value = raw.lower()
+    if value in {"1", "true", "yes", "on"}:
         return True
-    if raw in {"0", "false", "no", "off"}:
+    if value in {"0", "false", "no", "off"}:
         return False
-    raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
+    raise SettingsError(f"{name}={value!r} is not a boolean (use true or false)")
 
 
-def _csv(env: Mapping[str, str], name: str) -> frozenset[str]:
-    return frozenset(part.strip() for part in env.get(name, "").split(",") if part.strip())
+def _text(name: str, raw: str, env: Mapping[str, str]) -> str:
+    return raw
+
+
+def _optional_text(name: str, raw: str, env: Mapping[str, str]) -> str | None:
+    return raw
+
+
+def _http_url(name: str, raw: str, env: Mapping[str, str]) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise SettingsError(f"{name}={raw!r} must start with http:// or https://")
+    return raw
+
+
+def _choice(*choices: str) -> Parser:
+    def parse(name: str, raw: str, env: Mapping[str, str]) -> str:
+        if raw not in choices:
+            raise SettingsError(f"{name}={raw!r} must be {' or '.join(choices)}")
+        return raw
+
+    return parse
+
+
+def _csv(raw: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _names(name: str, raw: str, env: Mapping[str, str]) -> frozenset[str]:
+    return _csv(raw)
 
 
 _ORIGIN = re.compile(r"https?://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
 
 
-def _origins(env: Mapping[str, str]) -> frozenset[str]:
-    """ALLOWED_ORIGINS: exact origins (scheme://host[:port]), compared byte for byte with the
-    browser's Origin header, so anything else (a path, a wildcard) is refused here."""
-    origins = frozenset(origin.lower() for origin in _csv(env, "ALLOWED_ORIGINS"))
+def _origins(name: str, raw: str, env: Mapping[str, str]) -> frozenset[str]:
+    """Exact origins (scheme://host[:port]), compared byte for byte with the browser's Origin
+    header, so anything else (a path, a wildcard) is refused here."""
+    origins = frozenset(origin.lower() for origin in _csv(raw))
     for origin in origins:
         if not _ORIGIN.fullmatch(origin):
             raise SettingsError(
-                f"ALLOWED_ORIGINS entry {origin!r} is not an origin like https://app.example.com "
+                f"{name} entry {origin!r} is not an origin like https://app.example.com "
                 "(scheme, host and optional port; no path, no trailing slash, no wildcard)"
             )
     return origins
 
 
-def _fallbacks(env: Mapping[str, str]) -> tuple[Target, ...]:
-    """``UPSTREAM_FALLBACKS``: a JSON list of ``{"base_url", "api_key_env", "model"}``.
+def _fallbacks(name: str, raw: str, env: Mapping[str, str]) -> tuple[Target, ...]:
+    """A JSON list of ``{"base_url", "api_key_env", "model"}``.
 
     Keys are never inline: ``api_key_env`` names the variable that holds the fallback's key
     (default ``OPENAI_API_KEY``), so keys stay in the platform's secret variables and this one
     can be shown and reviewed. ``model``, if given, replaces the caller's model for that upstream.
     """
-    raw = env.get("UPSTREAM_FALLBACKS", "").strip()
-    if not raw:
-        return ()
     try:
         items: Any = json.loads(raw)
     except ValueError:
-        raise SettingsError("UPSTREAM_FALLBACKS is not valid JSON") from None
+        raise SettingsError(f"{name} is not valid JSON") from None
     if not isinstance(items, list):
-        raise SettingsError("UPSTREAM_FALLBACKS must be a JSON list of objects")
+        raise SettingsError(f"{name} must be a JSON list of objects")
     targets = []
     for number, item in enumerate(items, 1):
-        where = f"UPSTREAM_FALLBACKS[{number - 1}]"
+        where = f"{name}[{number - 1}]"
         if not isinstance(item, dict):
             raise SettingsError(f"{where} must be an object")
         unknown = set(item) - {"base_url", "api_key_env", "model"}
@@ -306,130 +207,41 @@ def _fallbacks(env: Mapping[str, str]) -> tuple[Target, ...]:
     return tuple(targets)
 
 
-def _params(env: Mapping[str, str]) -> tuple[frozenset[str], frozenset[str]]:
-    """``ALLOWED_PARAMS`` (default: every optional field) and ``IGNORED_PARAMS`` (the app's own
-    extra body fields, which the AI SDK transports send along; default: none)."""
-    raw = env.get("ALLOWED_PARAMS", "").strip()
-    allowed = OPTIONAL_PARAMS if raw.lower() in ("", "all") else _csv(env, "ALLOWED_PARAMS")
+def _allowed_params(name: str, raw: str, env: Mapping[str, str]) -> frozenset[str]:
+    """Default (and ``all``): every optional field; ``none``: no optional field."""
+    if raw.lower() == "all":
+        return OPTIONAL_PARAMS
     if raw.lower() == "none":
-        allowed = frozenset()
+        return frozenset()
+    allowed = _csv(raw)
     unknown = allowed - OPTIONAL_PARAMS
     if unknown:
         raise SettingsError(
-            f"ALLOWED_PARAMS names {sorted(unknown)}, which are not optional request fields "
+            f"{name} names {sorted(unknown)}, which are not optional request fields "
             f"(they are: {', '.join(sorted(OPTIONAL_PARAMS))})"
         )
-    ignored = _csv(env, "IGNORED_PARAMS")
+    return allowed
+
+
+def _ignored_params(name: str, raw: str, env: Mapping[str, str]) -> frozenset[str]:
+    """The app's own extra body fields, which the AI SDK transports send along."""
+    ignored = _csv(raw)
     clash = ignored & (OPTIONAL_PARAMS | {"prompt", "messages", "model", "stream"})
     if clash:
-        raise SettingsError(f"IGNORED_PARAMS may not name request fields: {sorted(clash)}")
-    return allowed, ignored
+        raise SettingsError(f"{name} may not name request fields: {sorted(clash)}")
+    return ignored
 
 
-def _image_schemes(env: Mapping[str, str]) -> frozenset[str]:
-    raw = env.get("IMAGE_URL_SCHEMES", "").strip().lower()
-    if not raw:
-        return frozenset({"https", "data"})
-    if raw == "none":
+def _image_schemes(name: str, raw: str, env: Mapping[str, str]) -> frozenset[str]:
+    value = raw.lower()
+    if value == "none":
         return frozenset()
-    schemes = frozenset(part.strip() for part in raw.split(",") if part.strip())
+    schemes = _csv(value)
     if not schemes <= IMAGE_SCHEMES:
-        raise SettingsError(
-            f"IMAGE_URL_SCHEMES={raw!r} may list only https, http and data (or none)"
-        )
+        raise SettingsError(f"{name}={value!r} may list only https, http and data (or none)")
     return schemes
 
 
-def vercel_max_duration(root: Path = PROJECT_ROOT, function: str = FUNCTION_FILE) -> float | None:
-    """The ``maxDuration`` that ``vercel.json`` gives this function, if the file is deployed."""
-    try:
-        config = json.loads((root / "vercel.json").read_text(encoding="utf-8"))
-        value = config["functions"][function]["maxDuration"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        return None
-    return float(value)
-
-
-def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Settings:
-    """Build the settings once per process; raises SettingsError on an unusable value."""
-    base_url = _text(env, "OPENAI_BASE_URL", "https://api.openai.com/v1")
-    if not base_url.startswith(("http://", "https://")):
-        raise SettingsError(f"OPENAI_BASE_URL={base_url!r} must start with http:// or https://")
-    default_model = _text(env, "DEFAULT_MODEL", "gpt-4o-mini")
-    allowed = _csv(env, "ALLOWED_MODELS") or frozenset({default_model})
-    if default_model not in allowed:
-        raise SettingsError(f"DEFAULT_MODEL={default_model!r} is not in ALLOWED_MODELS")
-    endpoint = _text(env, "PROMPT_ENDPOINT", "chat")
-    if endpoint not in ("chat", "completions"):
-        raise SettingsError(f"PROMPT_ENDPOINT={endpoint!r} must be chat or completions")
-    env_duration = read(env, "MAX_DURATION")
-    raw_format = _text(env, "DEFAULT_FORMAT", "openai")
-    default_format = _FORMATS.get(raw_format)
-    if default_format is None:
-        raise SettingsError(f"DEFAULT_FORMAT={raw_format!r} must be openai, ui or text")
-    window = read(env, "REPETITION_WINDOW")  # 0: no detector
-    max_field = _text(env, "MAX_TOKENS_FIELD", "max_completion_tokens")
-    if max_field not in ("max_completion_tokens", "max_tokens"):
-        raise SettingsError(
-            f"MAX_TOKENS_FIELD={max_field!r} must be max_completion_tokens or max_tokens"
-        )
-    allowed_params, ignored_params = _params(env)
-    upstream_api = _text(env, "UPSTREAM_API", "chat")
-    if upstream_api not in ("chat", "responses"):
-        raise SettingsError(f"UPSTREAM_API={upstream_api!r} must be chat or responses")
-    return Settings(
-        openai_api_key=env.get("OPENAI_API_KEY", "").strip() or None,
-        openai_base_url=base_url,
-        default_model=default_model,
-        allowed_models=allowed,
-        max_tokens=read(env, "MAX_TOKENS"),
-        max_body_bytes=read(env, "MAX_BODY_BYTES"),
-        body_read_timeout=read(env, "BODY_READ_TIMEOUT"),
-        max_prompt_chars=read(env, "MAX_PROMPT_CHARS"),
-        max_messages=read(env, "MAX_MESSAGES"),
-        prompt_endpoint="completions" if endpoint == "completions" else "chat",
-        upstream_include_usage=read(env, "UPSTREAM_INCLUDE_USAGE"),
-        connect_timeout=read(env, "UPSTREAM_CONNECT_TIMEOUT"),
-        first_byte_timeout=read(env, "UPSTREAM_FIRST_BYTE_TIMEOUT"),
-        idle_timeout=read(env, "UPSTREAM_IDLE_TIMEOUT"),
-        max_line_bytes=read(env, "UPSTREAM_MAX_LINE_BYTES"),
-        upstream_max_connections=read(env, "UPSTREAM_MAX_CONNECTIONS"),
-        max_duration=vercel_max_duration(root) or (env_duration or None),
-        deadline_margin=read(env, "DEADLINE_MARGIN"),
-        keepalive_interval=read(env, "KEEPALIVE_INTERVAL"),
-        write_timeout=read(env, "CLIENT_WRITE_TIMEOUT"),
-        log_prompts=read(env, "LOG_PROMPTS"),
-        default_format=default_format,
-        allowed_origins=_origins(env),
-        cors_max_age=read(env, "CORS_MAX_AGE"),
-        protection=load_protection(env),
-        upstream_max_retries=read(env, "UPSTREAM_MAX_RETRIES"),
-        upstream_retry_base_delay=read(env, "UPSTREAM_RETRY_BASE_DELAY"),
-        upstream_retry_max_delay=read(env, "UPSTREAM_RETRY_MAX_DELAY"),
-        fallbacks=_fallbacks(env),
-        max_stream_seconds=read(env, "MAX_STREAM_SECONDS") or None,
-        repetition_window=window,
-        repetition_max_period=_number(
-            env, "REPETITION_MAX_PERIOD", min(200, max(1, window // 2)), int, 1, max(1, window // 2)
-        ),
-        max_tokens_field="max_tokens" if max_field == "max_tokens" else "max_completion_tokens",
-        allowed_params=allowed_params,
-        ignored_params=ignored_params,
-        image_url_schemes=_image_schemes(env),
-        max_image_body_bytes=read(env, "MAX_IMAGE_BODY_BYTES"),
-        upstream_api="responses" if upstream_api == "responses" else "chat",
-    )
-
-
-# --- protection (issue 6): auth, rate limits, budgets; see docs/protection.md ------------------
-
-MIN_SECRET_CHARS = 32
-DEFAULT_MAX_TOKEN_LIFETIME: int = default(
-    "AUTH_MAX_TOKEN_LIFETIME"
-)  # Auth0's default access-token lifetime, the longest common
-MIN_TOKEN_CHARS = 16
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 _RATE = re.compile(r"([0-9]{1,12})\s*/\s*([0-9]{0,9})\s*(s|sec|second|m|min|minute|h|hour|d|day)s?")
 
@@ -442,44 +254,7 @@ class Rate:
     period: int
 
 
-@dataclass(frozen=True, slots=True)
-class Protection:
-    """Who may call, and how much: all off by default (then a loud warning at start)."""
-
-    auth_tokens: frozenset[str] = frozenset()
-    auth_signing_secret: str | None = None
-    rate_limit: Rate | None = None
-    max_concurrent_streams: int | None = default("MAX_CONCURRENT_STREAMS")
-    global_max_concurrent_streams: int | None = default("GLOBAL_MAX_CONCURRENT_STREAMS")
-    token_budget: Rate | None = None
-    redis_url: str | None = None
-    store_timeout: float = default("STORE_TIMEOUT")
-    store_max_connections: int = default("STORE_MAX_CONNECTIONS")
-    stream_lease_seconds: float = default("STREAM_LEASE_SECONDS")
-    trust_proxy_header: str | None = None
-    auth_max_token_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME
-    jwt: JWTSettings | None = None
-    ipv6_prefix: int = default("IPV6_PREFIX")
-
-
-@dataclass(frozen=True, slots=True)
-class JWTSettings:
-    """Standard JWTs (docs/protection.md): HS256 with a shared secret, provider keys from a
-    JWKS, or both. ``None`` in ``Protection.jwt`` when neither is set, and then PyJWT is never
-    imported."""
-
-    secret: str | None = None
-    jwks_url: str | None = None
-    issuer: str | None = None
-    audience: tuple[str, ...] = ()
-    client_claim: str = "sub"
-    origin_claim: str = "origin"
-    max_lifetime: int = DEFAULT_MAX_TOKEN_LIFETIME
-    jwks_cache_seconds: float = default("AUTH_JWKS_CACHE_SECONDS")
-    jwks_timeout: float = default("AUTH_JWKS_TIMEOUT")
-
-
-def parse_rate(name: str, raw: str) -> Rate | None:
+def parse_rate(name: str, raw: str, env: Mapping[str, str] | None = None) -> Rate | None:
     """``20/minute``, ``100000/day``, ``5/10s``; empty or ``off`` means no limit."""
     text = raw.strip().lower()
     if text in ("", "off", "none"):
@@ -495,110 +270,451 @@ def parse_rate(name: str, raw: str) -> Rate | None:
     return Rate(int(match[1]), period)
 
 
-def _secret(env: Mapping[str, str], name: str) -> str | None:
-    secret = env.get(name, "").strip() or None
-    if secret is not None and len(secret) < MIN_SECRET_CHARS:
+def _secret(name: str, raw: str, env: Mapping[str, str]) -> str:
+    if len(raw) < MIN_SECRET_CHARS:
         # The value is a secret: name its length, never the value.
         raise SettingsError(
-            f"{name} has {len(secret)} characters; use at least {MIN_SECRET_CHARS} "
+            f"{name} has {len(raw)} characters; use at least {MIN_SECRET_CHARS} "
             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
-    return secret
+    return raw
+
+
+def _tokens(name: str, raw: str, env: Mapping[str, str]) -> frozenset[str]:
+    tokens = _csv(raw)
+    for token in tokens:
+        if len(token) < MIN_TOKEN_CHARS or not token.isprintable() or " " in token:
+            raise SettingsError(
+                f"{name} holds a token of {len(token)} characters; each must be at least "
+                f"{MIN_TOKEN_CHARS} printable characters without spaces"
+            )
+    return tokens
+
+
+def _redis_url(name: str, raw: str, env: Mapping[str, str]) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise SettingsError(f"{name} must start with redis://, rediss:// or unix://")
+    return raw
+
+
+def _header_name(name: str, raw: str, env: Mapping[str, str]) -> str | None:
+    value = raw.lower()
+    if value == "none":
+        return None
+    if not re.fullmatch(r"[a-z0-9-]{1,64}", value):
+        raise SettingsError(f"{name}={value!r} is not a header name (or none)")
+    return value
 
 
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-_CLAIM = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
 
 
-def _jwks_url(env: Mapping[str, str]) -> str | None:
-    """AUTH_JWKS_URL: https, or plain http to a loopback address (local development, tests)."""
-    url = env.get("AUTH_JWKS_URL", "").strip() or None
-    if url is None:
-        return None
+def _jwks_url(name: str, raw: str, env: Mapping[str, str]) -> str:
+    """https, or plain http to a loopback address (local development, tests)."""
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(raw)
         host = (parts.hostname or "").lower()
         parts.port  # noqa: B018  # raises ValueError on a bad port
     except ValueError:
-        raise SettingsError(f"AUTH_JWKS_URL={url!r} is not a URL") from None
+        raise SettingsError(f"{name}={raw!r} is not a URL") from None
     loopback = host in _LOOPBACK_NAMES or host.startswith("127.")
     allowed = parts.scheme == "https" or (parts.scheme == "http" and loopback)
     if not host or not allowed:
         raise SettingsError(
-            f"AUTH_JWKS_URL={url!r} must be an https:// URL (plain http only to 127.0.0.1, ::1 "
+            f"{name}={raw!r} must be an https:// URL (plain http only to 127.0.0.1, ::1 "
             "or localhost)"
         )
-    return url
+    return raw
 
 
-def _claim_name(env: Mapping[str, str], name: str, default: str) -> str:
-    claim = _text(env, name, default)
-    if not _CLAIM.fullmatch(claim):
-        raise SettingsError(f"{name}={claim!r} is not a claim name")
-    return claim
+def _audience(name: str, raw: str, env: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(sorted(_csv(raw)))
 
 
-def _load_jwt(env: Mapping[str, str], max_lifetime: int) -> JWTSettings | None:
-    secret = _secret(env, "AUTH_JWT_SECRET")
-    jwks_url = _jwks_url(env)
-    issuer = env.get("AUTH_JWT_ISSUER", "").strip() or None
-    audience = tuple(sorted(_csv(env, "AUTH_JWT_AUDIENCE")))
-    if secret is None and jwks_url is None:
+_CLAIM = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+
+
+def _claim_name(name: str, raw: str, env: Mapping[str, str]) -> str:
+    if not _CLAIM.fullmatch(raw):
+        raise SettingsError(f"{name}={raw!r} is not a claim name")
+    return raw
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+def _num(
+    name: str,
+    group: Group,
+    field_name: str,
+    kind: type[int] | type[float],
+    default: float,
+    low: float,
+    high: float,
+    doc: str,
+    *,
+    off_at_zero: bool = False,
+) -> Spec:
+    """A numeric setting; with ``off_at_zero``, 0 (its default) means the limit is off: None."""
+    value = None if off_at_zero and not default else kind(default)
+    parse = _number(kind, low, high, off_at_zero)
+    return Spec(name, group, field_name, value, parse, doc, kind, low, high)
+
+
+def _bool(name: str, group: Group, field_name: str, default: bool, doc: str) -> Spec:
+    return Spec(name, group, field_name, default, _flag, doc, bool)
+
+
+_KB, _MB = 1024, 1024 * 1024
+_OPENAI = "https://api.openai.com/v1"
+_PROXY_DEFAULT = "x-vercel-forwarded-for` on Vercel, else `none"  # the docs' cell, unquoted
+# fmt: off
+SPECS: Final[tuple[Spec, ...]] = (
+    # upstream: where requests go, with which key, how they are sent and read
+    Spec("OPENAI_API_KEY", "upstream", "api_key", None, _optional_text, "the provider key"),
+    Spec("OPENAI_BASE_URL", "upstream", "base_url", _OPENAI, _http_url, "the upstream API"),
+    Spec("UPSTREAM_API", "upstream", "api", "chat", _choice("chat", "responses"), "upstream API"),
+    Spec("PROMPT_ENDPOINT", "upstream", "prompt_endpoint", "chat",
+         _choice("chat", "completions"), "where a prompt goes"),
+    Spec("MAX_TOKENS_FIELD", "upstream", "max_tokens_field", "max_completion_tokens",
+         _choice("max_completion_tokens", "max_tokens"), "the cap's name upstream"),
+    _bool("UPSTREAM_INCLUDE_USAGE", "upstream", "include_usage", True, "ask for the usage chunk"),
+    _num("UPSTREAM_CONNECT_TIMEOUT", "upstream", "connect_timeout", float, 10.0, 0.01, 600.0,
+         "seconds to open a connection"),
+    _num("UPSTREAM_FIRST_BYTE_TIMEOUT", "upstream", "first_byte_timeout", float, 60.0, 0.01,
+         3600.0, "seconds to response headers"),
+    _num("UPSTREAM_IDLE_TIMEOUT", "upstream", "idle_timeout", float, 120.0, 0.01, 3600.0,
+         "seconds of upstream silence"),
+    _num("UPSTREAM_MAX_LINE_BYTES", "upstream", "max_line_bytes", int, _MB, _KB, 64 * _MB,
+         "longest upstream SSE line"),
+    _num("UPSTREAM_MAX_CONNECTIONS", "upstream", "max_connections", int, 1000, 1, 100_000,
+         "shared connection pool size"),
+    _num("UPSTREAM_MAX_RETRIES", "upstream", "max_retries", int, 2, 0, 10,
+         "extra attempts per upstream"),
+    _num("UPSTREAM_RETRY_BASE_DELAY", "upstream", "retry_base_delay", float, 0.5, 0.0, 60.0,
+         "first backoff, seconds"),
+    _num("UPSTREAM_RETRY_MAX_DELAY", "upstream", "retry_max_delay", float, 8.0, 0.0, 600.0,
+         "backoff cap, seconds"),
+    Spec("UPSTREAM_FALLBACKS", "upstream", "fallbacks", (), _fallbacks, "fallback upstreams"),
+    # request limits: what a caller may ask for
+    Spec("DEFAULT_MODEL", "request", "default_model", "gpt-4o-mini", _text, "model if none"),
+    Spec("ALLOWED_MODELS", "request", "allowed_models", frozenset(), _names,
+         "models a caller may name", shown="DEFAULT_MODEL"),
+    _num("MAX_TOKENS", "request", "max_tokens", int, 1024, 1, 1_000_000,
+         "cap (and default) for max_tokens"),
+    _num("MAX_BODY_BYTES", "request", "max_body_bytes", int, 64 * _KB, 256, 16 * _MB,
+         "request body cap"),
+    _num("MAX_IMAGE_BODY_BYTES", "request", "max_image_body_bytes", int, 4 * _MB, 256, 64 * _MB,
+         "body cap with images"),
+    _num("BODY_READ_TIMEOUT", "request", "body_read_timeout", float, 15.0, 0.05, 600.0,
+         "seconds for the whole body to arrive"),
+    _num("MAX_PROMPT_CHARS", "request", "max_prompt_chars", int, 32_000, 1, 10_000_000,
+         "cap on the prompt or all contents"),
+    _num("MAX_MESSAGES", "request", "max_messages", int, 64, 1, 10_000, "cap on messages"),
+    Spec("ALLOWED_PARAMS", "request", "allowed_params", OPTIONAL_PARAMS, _allowed_params,
+         "optional fields a caller may send", shown="all"),
+    Spec("IGNORED_PARAMS", "request", "ignored_params", frozenset(), _ignored_params,
+         "the app's own body fields, dropped"),
+    Spec("IMAGE_URL_SCHEMES", "request", "image_url_schemes", frozenset({"https", "data"}),
+         _image_schemes, "image URL schemes", shown="https,data"),
+    # stream limits: the relay's clock and loop detector
+    _num("MAX_DURATION", "stream", "max_duration", float, 0.0, 0.0, 86_400.0,
+         "time limit if none is given", off_at_zero=True),
+    _num("DEADLINE_MARGIN", "stream", "deadline_margin", float, 2.0, 0.0, 600.0,
+         "seconds before the limit to end cleanly"),
+    _num("KEEPALIVE_INTERVAL", "stream", "keepalive_interval", float, 15.0, 0.05, 600.0,
+         "seconds of silence before a ping"),
+    _num("CLIENT_WRITE_TIMEOUT", "stream", "write_timeout", float, 30.0, 0.05, 3600.0,
+         "longest wait of one write"),
+    _num("MAX_STREAM_SECONDS", "stream", "max_stream_seconds", float, 300.0, 0.0, 86_400.0,
+         "longest stream, 0: no limit", off_at_zero=True),
+    _num("REPETITION_WINDOW", "stream", "repetition_window", int, 2000, 0, 1_000_000,
+         "characters that must repeat, 0: off"),
+    _num("REPETITION_MAX_PERIOD", "stream", "repetition_max_period", int, 200, 1, 500_000,
+         "longest repeating unit (at most half the window)"),
+    # output
+    Spec("DEFAULT_FORMAT", "output", "default_format", "openai", _choice("openai", "ui", "text"),
+         "format when the caller names none"),
+    _bool("LOG_PROMPTS", "output", "log_prompts", False, "include the prompt in the log line"),
+    # CORS
+    Spec("ALLOWED_ORIGINS", "cors", "allowed_origins", frozenset(), _origins,
+         "origins that may call from a browser"),
+    _num("CORS_MAX_AGE", "cors", "max_age", int, 600, 0, 86_400,
+         "seconds a browser may cache a preflight"),
+    # protection
+    Spec("AUTH_TOKENS", "protection", "auth_tokens", frozenset(), _tokens, "static bearer tokens"),
+    Spec("AUTH_SIGNING_SECRET", "protection", "auth_signing_secret", None, _secret,
+         "v1 signed tokens (deprecated)"),
+    Spec("RATE_LIMIT", "protection", "rate_limit", None, parse_rate, "requests per client"),
+    _num("MAX_CONCURRENT_STREAMS", "protection", "max_concurrent_streams", int, 0, 0, 1_000_000,
+         "open streams per client", off_at_zero=True),
+    _num("GLOBAL_MAX_CONCURRENT_STREAMS", "protection", "global_max_concurrent_streams", int, 0,
+         0, 1_000_000, "open streams in all", off_at_zero=True),
+    Spec("TOKEN_BUDGET", "protection", "token_budget", None, parse_rate, "tokens per client"),
+    Spec("REDIS_URL", "protection", "redis_url", None, _redis_url,
+         "the shared store for limits", shown="in-process memory"),
+    _num("STORE_TIMEOUT", "protection", "store_timeout", float, 0.5, 0.01, 10.0,
+         "seconds for each store call"),
+    _num("STORE_MAX_CONNECTIONS", "protection", "store_max_connections", int, 20, 1, 10_000,
+         "connections to the store"),
+    _num("STREAM_LEASE_SECONDS", "protection", "stream_lease_seconds", float, 30.0, 3.0, 3600.0,
+         "lifetime of a stream slot's lease"),
+    Spec("TRUST_PROXY_HEADER", "protection", "trust_proxy_header", None, _header_name,
+         "the header that holds the caller's address", shown=_PROXY_DEFAULT),
+    _num("AUTH_MAX_TOKEN_LIFETIME", "protection", "auth_max_token_lifetime", int, 86_400, 60,
+         30 * 86_400, "longest token lifetime"),
+    _num("IPV6_PREFIX", "protection", "ipv6_prefix", int, 56, 16, 128,
+         "IPv6 callers count per block of this length"),
+    # JWTs (inside protection; on when a secret or a key set is given)
+    Spec("AUTH_JWT_SECRET", "jwt", "secret", None, _secret, "HS256 shared secret"),
+    Spec("AUTH_JWKS_URL", "jwt", "jwks_url", None, _jwks_url, "the provider's key set"),
+    Spec("AUTH_JWT_ISSUER", "jwt", "issuer", None, _optional_text, "required iss"),
+    Spec("AUTH_JWT_AUDIENCE", "jwt", "audience", (), _audience, "accepted aud values"),
+    Spec("AUTH_JWT_CLIENT_CLAIM", "jwt", "client_claim", "sub", _claim_name, "who the caller is"),
+    Spec("AUTH_JWT_ORIGIN_CLAIM", "jwt", "origin_claim", "origin", _claim_name, "bound origin"),
+    _num("AUTH_JWKS_CACHE_SECONDS", "jwt", "jwks_cache_seconds", float, 600.0, 60.0, 86_400.0,
+         "how long keys are used"),
+    _num("AUTH_JWKS_TIMEOUT", "jwt", "jwks_timeout", float, 5.0, 0.05, 60.0,
+         "seconds for one JWKS fetch"),
+)
+# fmt: on
+SPEC: Final[Mapping[str, Spec]] = {spec.name: spec for spec in SPECS}
+
+
+def default(name: str) -> Any:
+    """A setting's default as its field holds it (None for a limit that is off)."""
+    return SPEC[name].default
+
+
+# --- the groups --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    """Where requests go and how they are sent and read (``lib/upstream.py``, retries)."""
+
+    api_key: str | None = default("OPENAI_API_KEY")
+    base_url: str = default("OPENAI_BASE_URL")
+    api: UpstreamAPI = default("UPSTREAM_API")
+    prompt_endpoint: PromptEndpoint = default("PROMPT_ENDPOINT")
+    max_tokens_field: MaxTokensField = default("MAX_TOKENS_FIELD")
+    include_usage: bool = default("UPSTREAM_INCLUDE_USAGE")
+    connect_timeout: float = default("UPSTREAM_CONNECT_TIMEOUT")
+    first_byte_timeout: float = default("UPSTREAM_FIRST_BYTE_TIMEOUT")
+    idle_timeout: float = default("UPSTREAM_IDLE_TIMEOUT")
+    max_line_bytes: int = default("UPSTREAM_MAX_LINE_BYTES")
+    max_connections: int = default("UPSTREAM_MAX_CONNECTIONS")
+    max_retries: int = default("UPSTREAM_MAX_RETRIES")
+    retry_base_delay: float = default("UPSTREAM_RETRY_BASE_DELAY")
+    retry_max_delay: float = default("UPSTREAM_RETRY_MAX_DELAY")
+    fallbacks: tuple[Target, ...] = default("UPSTREAM_FALLBACKS")
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.max_retries, self.retry_base_delay, self.retry_max_delay)
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        """The primary upstream, then the fallbacks in order. The handler refuses every request
+        before this is read while no key is set, so the primary's empty key never goes out."""
+        return (Target("primary", self.base_url, self.api_key or ""), *self.fallbacks)
+
+    def url(self, endpoint: str) -> str:
+        """The URL of ``chat``, ``completions`` or ``responses`` on the primary upstream."""
+        return self.base_url.rstrip("/") + ENDPOINT_PATHS[endpoint]
+
+
+ENDPOINT_PATHS: Final[Mapping[str, str]] = {
+    "chat": "/chat/completions",
+    "completions": "/completions",
+    "responses": "/responses",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """What a caller may ask for (``lib/request.py``, ``lib/responses.py``)."""
+
+    default_model: str = default("DEFAULT_MODEL")
+    allowed_models: frozenset[str] = default("ALLOWED_MODELS")  # empty: only default_model
+    max_tokens: int = default("MAX_TOKENS")
+    max_body_bytes: int = default("MAX_BODY_BYTES")
+    max_image_body_bytes: int = default("MAX_IMAGE_BODY_BYTES")
+    body_read_timeout: float = default("BODY_READ_TIMEOUT")
+    max_prompt_chars: int = default("MAX_PROMPT_CHARS")
+    max_messages: int = default("MAX_MESSAGES")
+    allowed_params: frozenset[str] = default("ALLOWED_PARAMS")
+    ignored_params: frozenset[str] = default("IGNORED_PARAMS")
+    image_url_schemes: frozenset[str] = default("IMAGE_URL_SCHEMES")
+
+    def __post_init__(self) -> None:
+        if not self.allowed_models:
+            object.__setattr__(self, "allowed_models", frozenset({self.default_model}))
+
+    @property
+    def body_limit(self) -> int:
+        """How much of a body is read: ``MAX_IMAGE_BODY_BYTES`` when images are on (a data URL
+        is large), else ``MAX_BODY_BYTES``; ``lib/request.parse_body`` holds image-less bodies
+        to the latter."""
+        if self.image_url_schemes:
+            return max(self.max_body_bytes, self.max_image_body_bytes)
+        return self.max_body_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLimits:
+    """When a stream must end, and the loop detector (``lib/clock.py``, ``lib/deadline.py``)."""
+
+    max_duration: float | None = default("MAX_DURATION")
+    deadline_margin: float = default("DEADLINE_MARGIN")
+    keepalive_interval: float = default("KEEPALIVE_INTERVAL")
+    write_timeout: float = default("CLIENT_WRITE_TIMEOUT")
+    max_stream_seconds: float | None = default("MAX_STREAM_SECONDS")
+    repetition_window: int = default("REPETITION_WINDOW")
+    repetition_max_period: int = default("REPETITION_MAX_PERIOD")
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSettings:
+    """What is written where nothing else decides it."""
+
+    default_format: OutputFormat = default("DEFAULT_FORMAT")
+    log_prompts: bool = default("LOG_PROMPTS")
+
+
+@dataclass(frozen=True, slots=True)
+class CORSSettings:
+    """Which browser origins may call (``lib/cors.py``)."""
+
+    allowed_origins: frozenset[str] = default("ALLOWED_ORIGINS")
+    max_age: int = default("CORS_MAX_AGE")
+
+
+@dataclass(frozen=True, slots=True)
+class JWTSettings:
+    """Standard JWTs (docs/protection.md): HS256 with a shared secret, provider keys from a
+    JWKS, or both. ``None`` in ``Protection.jwt`` when neither is set, and then PyJWT is never
+    imported."""
+
+    secret: str | None = default("AUTH_JWT_SECRET")
+    jwks_url: str | None = default("AUTH_JWKS_URL")
+    issuer: str | None = default("AUTH_JWT_ISSUER")
+    audience: tuple[str, ...] = default("AUTH_JWT_AUDIENCE")
+    client_claim: str = default("AUTH_JWT_CLIENT_CLAIM")
+    origin_claim: str = default("AUTH_JWT_ORIGIN_CLAIM")
+    max_lifetime: int = default("AUTH_MAX_TOKEN_LIFETIME")  # protection's, shared
+    jwks_cache_seconds: float = default("AUTH_JWKS_CACHE_SECONDS")
+    jwks_timeout: float = default("AUTH_JWKS_TIMEOUT")
+
+
+@dataclass(frozen=True, slots=True)
+class Protection:
+    """Who may call, and how much (``lib/auth.py``, ``lib/limits.py``): all off by default
+    (then a loud warning at start)."""
+
+    auth_tokens: frozenset[str] = default("AUTH_TOKENS")
+    auth_signing_secret: str | None = default("AUTH_SIGNING_SECRET")
+    rate_limit: Rate | None = default("RATE_LIMIT")
+    max_concurrent_streams: int | None = default("MAX_CONCURRENT_STREAMS")
+    global_max_concurrent_streams: int | None = default("GLOBAL_MAX_CONCURRENT_STREAMS")
+    token_budget: Rate | None = default("TOKEN_BUDGET")
+    redis_url: str | None = default("REDIS_URL")
+    store_timeout: float = default("STORE_TIMEOUT")
+    store_max_connections: int = default("STORE_MAX_CONNECTIONS")
+    stream_lease_seconds: float = default("STREAM_LEASE_SECONDS")
+    trust_proxy_header: str | None = default("TRUST_PROXY_HEADER")
+    auth_max_token_lifetime: int = default("AUTH_MAX_TOKEN_LIFETIME")
+    ipv6_prefix: int = default("IPV6_PREFIX")
+    jwt: JWTSettings | None = None  # built from the "jwt" rows when a secret or key set is given
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the function reads from its environment, one group per concern."""
+
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    request: RequestLimits = field(default_factory=RequestLimits)
+    stream: StreamLimits = field(default_factory=StreamLimits)
+    protection: Protection = field(default_factory=Protection)
+    cors: CORSSettings = field(default_factory=CORSSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+
+
+# --- the loader --------------------------------------------------------------------------------
+
+
+def _read(env: Mapping[str, str], *groups: Group) -> dict[Group, dict[str, Any]]:
+    """Every row of the given groups, parsed from ``env`` or defaulted."""
+    values: dict[Group, dict[str, Any]] = {group: {} for group in groups}
+    for spec in SPECS:
+        if spec.group in values:
+            raw = env.get(spec.name, "").strip()
+            values[spec.group][spec.field] = (
+                spec.parse(spec.name, raw, env) if raw else spec.default
+            )
+    return values
+
+
+def vercel_max_duration(root: Path = PROJECT_ROOT, function: str = FUNCTION_FILE) -> float | None:
+    """The ``maxDuration`` that ``vercel.json`` gives this function, if the file is deployed."""
+    try:
+        config = json.loads((root / "vercel.json").read_text(encoding="utf-8"))
+        value = config["functions"][function]["maxDuration"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    return float(value)
+
+
+def _protection(env: Mapping[str, str], values: dict[Group, dict[str, Any]]) -> Protection:
+    protection, jwt = values["protection"], values["jwt"]
+    if "TRUST_PROXY_HEADER" not in env and env.get("VERCEL", "").strip() == "1":
+        # On Vercel the edge overwrites this header with the caller's address (docs/protection.md).
+        protection["trust_proxy_header"] = "x-vercel-forwarded-for"
+    if jwt["secret"] is None and jwt["jwks_url"] is None:
         for name in ("AUTH_JWT_ISSUER", "AUTH_JWT_AUDIENCE"):
             if env.get(name, "").strip():
                 raise SettingsError(
                     f"{name} is set but neither AUTH_JWT_SECRET nor AUTH_JWKS_URL is"
                 )
-        return None
-    if jwks_url is not None and issuer is None:
+        return Protection(**protection)
+    if jwt["jwks_url"] is not None and jwt["issuer"] is None:
         # Some key sets sign for many tenants (Firebase's is shared by every project): without
         # an issuer, any of them could call. docs/protection.md has each provider's issuer.
         raise SettingsError("AUTH_JWKS_URL needs AUTH_JWT_ISSUER (the provider's issuer URL)")
-    return JWTSettings(
-        secret=secret,
-        jwks_url=jwks_url,
-        issuer=issuer,
-        audience=audience,
-        client_claim=_claim_name(env, "AUTH_JWT_CLIENT_CLAIM", "sub"),
-        origin_claim=_claim_name(env, "AUTH_JWT_ORIGIN_CLAIM", "origin"),
-        max_lifetime=max_lifetime,
-        jwks_cache_seconds=read(env, "AUTH_JWKS_CACHE_SECONDS"),
-        jwks_timeout=read(env, "AUTH_JWKS_TIMEOUT"),
-    )
+    jwt["max_lifetime"] = protection["auth_max_token_lifetime"]
+    return Protection(**protection, jwt=JWTSettings(**jwt))
 
 
 def load_protection(env: Mapping[str, str]) -> Protection:
-    tokens = _csv(env, "AUTH_TOKENS")
-    for token in tokens:
-        if len(token) < MIN_TOKEN_CHARS or not token.isprintable() or " " in token:
+    """Only the protection group (the limiter's tests build it alone)."""
+    return _protection(env, _read(env, "protection", "jwt"))
+
+
+def load_settings(env: Mapping[str, str], *, root: Path = PROJECT_ROOT) -> Settings:
+    """Build the settings once per process; raises SettingsError on an unusable value."""
+    values = _read(env, "upstream", "request", "stream", "protection", "jwt", "cors", "output")
+    request, stream = values["request"], values["stream"]
+    allowed = request["allowed_models"]
+    if allowed and request["default_model"] not in allowed:
+        raise SettingsError(f"DEFAULT_MODEL={request['default_model']!r} is not in ALLOWED_MODELS")
+    stream["max_duration"] = vercel_max_duration(root) or stream["max_duration"]
+    # The longest repeating unit the detector looks for is at most half its window.
+    longest = max(1, stream["repetition_window"] // 2)
+    if env.get("REPETITION_MAX_PERIOD", "").strip():
+        if stream["repetition_max_period"] > longest:
             raise SettingsError(
-                f"AUTH_TOKENS holds a token of {len(token)} characters; each must be at least "
-                f"{MIN_TOKEN_CHARS} printable characters without spaces"
+                f"REPETITION_MAX_PERIOD={stream['repetition_max_period']} is outside 1..{longest} "
+                "(at most half of REPETITION_WINDOW)"
             )
-    secret = _secret(env, "AUTH_SIGNING_SECRET")
-    max_lifetime = read(env, "AUTH_MAX_TOKEN_LIFETIME")
-    redis_url = env.get("REDIS_URL", "").strip() or None
-    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise SettingsError("REDIS_URL must start with redis://, rediss:// or unix://")
-    proxy = env.get("TRUST_PROXY_HEADER", "").strip().lower()
-    if not proxy:
-        # On Vercel the edge overwrites this header with the caller's address (docs/protection.md).
-        proxy = "x-vercel-forwarded-for" if env.get("VERCEL", "").strip() == "1" else "none"
-    if proxy != "none" and not re.fullmatch(r"[a-z0-9-]{1,64}", proxy):
-        raise SettingsError(f"TRUST_PROXY_HEADER={proxy!r} is not a header name (or none)")
-    return Protection(
-        auth_tokens=tokens,
-        auth_signing_secret=secret,
-        rate_limit=parse_rate("RATE_LIMIT", env.get("RATE_LIMIT", "")),
-        max_concurrent_streams=read(env, "MAX_CONCURRENT_STREAMS"),
-        global_max_concurrent_streams=read(env, "GLOBAL_MAX_CONCURRENT_STREAMS"),
-        token_budget=parse_rate("TOKEN_BUDGET", env.get("TOKEN_BUDGET", "")),
-        redis_url=redis_url,
-        store_timeout=read(env, "STORE_TIMEOUT"),
-        store_max_connections=read(env, "STORE_MAX_CONNECTIONS"),
-        stream_lease_seconds=read(env, "STREAM_LEASE_SECONDS"),
-        trust_proxy_header=None if proxy == "none" else proxy,
-        auth_max_token_lifetime=max_lifetime,
-        jwt=_load_jwt(env, max_lifetime),
-        ipv6_prefix=read(env, "IPV6_PREFIX"),
+    else:
+        stream["repetition_max_period"] = min(stream["repetition_max_period"], longest)
+    return Settings(
+        upstream=UpstreamSettings(**values["upstream"]),
+        request=RequestLimits(**request),
+        stream=StreamLimits(**stream),
+        protection=_protection(env, values),
+        cors=CORSSettings(**values["cors"]),
+        output=OutputSettings(**values["output"]),
     )

@@ -1,6 +1,7 @@
-"""CORS for front ends hosted on other origins: an exact allowlist, all policy work done once.
+"""CORS for front ends hosted on other origins: ASGI middleware over an exact allowlist.
 
-Like Starlette's ``CORSMiddleware``, the headers for each allowed origin are built when the
+Like Starlette's ``CORSMiddleware``, it answers preflights itself and adds the headers to every
+other response on its way out, and the headers for each allowed origin are built when the
 function starts, so a request costs one dict look-up. The rules (Fetch standard, CORS protocol):
 
 - an allowed ``Origin`` gets ``Access-Control-Allow-Origin`` with that exact origin (never
@@ -20,7 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from lib.asgi import Header, Message, Scope, Send, header
+from lib.asgi import App, Header, Message, Receive, Scope, Send, header
+from lib.config import CORSSettings
 
 ALLOW_METHODS = b"GET, POST, OPTIONS"  # GET: /api/v1/models
 # user-agent: the AI SDK sets it on every request (withUserAgentSuffix), and browsers that let
@@ -84,3 +86,25 @@ class CORSPolicy:
             await send(message)
 
         return send_with_cors
+
+
+class CORSMiddleware:
+    """ASGI middleware: preflights from allowed origins answered here (204, no body); every
+    other request passes to ``app`` with its CORS headers added to the response start. A
+    preflight from an origin not on the list is a plain ``OPTIONS`` for the app to answer."""
+
+    def __init__(self, app: App, settings: CORSSettings) -> None:
+        self.app = app
+        self.policy = CORSPolicy(settings.allowed_origins, max_age=settings.max_age)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope.get("method") == "OPTIONS":
+            preflight = self.policy.preflight_headers(scope)
+            if preflight is not None:
+                await send({"type": "http.response.start", "status": 204, "headers": preflight})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+        await self.app(scope, receive, self.policy.wrap(scope, send))

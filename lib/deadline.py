@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from lib.config import Settings
+from lib.config import StreamLimits
 
 PlatformDeadline = Callable[[], datetime | None]
 
@@ -34,7 +34,7 @@ platform_deadline: PlatformDeadline = _platform_source()
 
 
 def invocation_deadline(
-    settings: Settings,
+    limits: StreamLimits,
     started: float,
     now: float,
     *,
@@ -45,6 +45,6 @@ def invocation_deadline(
     value = (platform or platform_deadline)()
     if value is not None:
         return now + (value.timestamp() - wall())
-    if settings.max_duration is not None:
-        return started + settings.max_duration
+    if limits.max_duration is not None:
+        return started + limits.max_duration
     return None

@@ -249,3 +249,8 @@ def redact(message: str, secret: str | None, limit: int = 1000) -> str:
         if len(secret) >= 12:
             message = message.replace(secret[:8], "[redacted]")
     return message
+
+
+class BreakConnection(Exception):
+    """Raised to make the server drop the connection: the only honest end for a failed stream
+    in a format without an in-band error channel (the plain text stream)."""

@@ -1,4 +1,7 @@
-"""One request's life: method -> body -> validation -> upstream -> relay -> one log line.
+"""One request's life: method -> body -> validation -> upstream -> relay, and the app around it.
+
+:func:`serve` composes the ASGI app: the request log (id and log line) outermost, then CORS,
+then the handler.
 
 Before the response starts, every failure is the JSON error envelope with its status; after,
 the relay turns failures into the format's in-band error. A caller's mistake is never a 500,
@@ -10,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from lib import responses
 from lib.asgi import (
+    App,
     ClientDisconnected,
     ClientStalled,
     Exchange,
@@ -28,10 +31,11 @@ from lib.asgi import (
 )
 from lib.auth import Authenticator, build_authenticator
 from lib.config import Settings
-from lib.cors import CORSPolicy
+from lib.cors import CORSMiddleware
 from lib.deadline import invocation_deadline
 from lib.errors import (
     APIError,
+    BreakConnection,
     ConfigurationError,
     DeadlineExceeded,
     MethodNotAllowed,
@@ -39,25 +43,13 @@ from lib.errors import (
 )
 from lib.formats import Format, WholeResponse
 from lib.limits import Limiter, client_key
-from lib.log import RequestLog, emit, logger, warn
+from lib.log import RequestLog, RequestLogging, logger, quiet_broken_connections, request_log, warn
 from lib.negotiate import check_fit, choose_format, requested_format, v1_route, v1_semantics
-from lib.relay import (
-    BreakConnection,
-    clock_for,
-    quiet_broken_connections,
-    relay,
-    relay_whole,
-    translator_for,
-)
-from lib.request import (
-    UpstreamRequest,
-    body_limit,
-    build_upstream_request,
-    parse_body,
-    safety_identifier,
-)
+from lib.relay import clock_for, relay, relay_whole, translator_for
+from lib.request import UpstreamRequest, build_upstream_request, parse_body, safety_identifier
 from lib.resilience import open_upstream
 from lib.responses_upstream import ResponsesUpstream, build_responses_request
+from lib.retry import Target
 from lib.upstream import UpstreamClient
 
 ALLOW = b"OPTIONS, POST"
@@ -84,15 +76,8 @@ class Misconfigured:
             return
         if scope["type"] != "http":
             return
-        request_id = uuid.uuid4().hex
-        log = RequestLog(request_id=request_id, method=scope.get("method", ""))
-        log.error_type = self.error.type
-        exchange = Exchange(scope, receive, send)
-        try:
-            await exchange.respond_error(self.error, [(b"x-request-id", request_id.encode())])
-        finally:
-            log.status = exchange.status
-            emit(log)
+        request_log(scope).error_type = self.error.type
+        await Exchange(scope, receive, send).respond_error(self.error)
 
 
 class GenerateHandler:
@@ -100,12 +85,11 @@ class GenerateHandler:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = UpstreamClient(settings)
-        self.cors = CORSPolicy(settings.allowed_origins, max_age=settings.cors_max_age)
+        self.client = UpstreamClient(settings.upstream)
         quiet_broken_connections()
         p = settings.protection
         self.auth: Authenticator = build_authenticator(p, self.client.fetch)
-        self.limiter = Limiter(p, max_duration=settings.max_duration)
+        self.limiter = Limiter(p, max_duration=settings.stream.max_duration)
         if not self.auth.enabled and not p.rate_limit:
             warn(
                 "UNPROTECTED: this function spends your provider key for anyone who finds "
@@ -117,7 +101,7 @@ class GenerateHandler:
                 "AUTH_SIGNING_SECRET (v1 tokens) is deprecated: mint HS256 JWTs with "
                 "AUTH_JWT_SECRET instead. See docs/protection.md, Migrating from v1 tokens."
             )
-        if not settings.openai_api_key:
+        if not settings.upstream.api_key:
             warn("OPENAI_API_KEY is not set; every request will fail with 500 until it is.")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -126,25 +110,15 @@ class GenerateHandler:
             return
         if scope["type"] != "http":
             return
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        request_id = uuid.uuid4().hex
-        log = RequestLog(request_id=request_id, method=scope.get("method", ""))
-        id_header = (b"x-request-id", request_id.encode("ascii"))
-        preflight = self.cors.preflight_headers(scope) if log.method == "OPTIONS" else None
-        if preflight is None:
-            send = self.cors.wrap(scope, send)
+        started = asyncio.get_running_loop().time()
+        log = request_log(scope)
         exchange = Exchange(scope, receive, send)
         try:
-            if preflight is not None:
-                await exchange.start(204, [*preflight, id_header])
-                await exchange.end()
-            else:
-                await self._handle(exchange, log, id_header, started)
+            await self._handle(exchange, log, started)
         except APIError as error:
             log.error_type = error.type
             if not exchange.started:
-                await exchange.respond_error(error, [id_header, *self._allow_header(error)])
+                await exchange.respond_error(error, self._allow_header(error))
         except ClientDisconnected:
             pass
         except ClientStalled:
@@ -154,19 +128,15 @@ class GenerateHandler:
         except BreakConnection:
             raise
         except Exception:
-            logger.exception("unexpected error in request %s", request_id)
+            logger.exception("unexpected error in request %s", log.request_id)
             log.error_type = "server_error"
             if not exchange.started:
                 failure = APIError("The function failed unexpectedly; see its logs.")
-                await exchange.respond_error(failure, [id_header])
+                await exchange.respond_error(failure)
             else:
                 raise
         finally:
-            log.status = exchange.status
-            log.bytes = exchange.bytes_sent
             log.client_disconnected = exchange.disconnected
-            log.duration_ms = round((loop.time() - started) * 1000, 2)
-            emit(log)
 
     @staticmethod
     def _allow_header(error: APIError) -> list[Header]:
@@ -174,7 +144,7 @@ class GenerateHandler:
             return []
         return [(b"allow", ALLOW)]
 
-    async def _v1(self, exchange: Exchange, route: str, model: str, id_header: Header) -> None:
+    async def _v1(self, exchange: Exchange, route: str, model: str) -> None:
         """``GET /api/v1/models`` and ``/api/v1/models/{id}`` in the OpenAI shape (the
         deployment's allowed models), and the JSON 404 for every other ``/api/v1`` path."""
         path = exchange.scope.get("path", "/api/v1")
@@ -185,47 +155,48 @@ class GenerateHandler:
             )
         method = exchange.scope.get("method", "")
         if method == "OPTIONS":
-            await exchange.start(204, [(b"allow", V1_ALLOW), id_header])
+            await exchange.start(204, [(b"allow", V1_ALLOW)])
             await exchange.end()
             return
         if method != "GET":
             raise MethodNotAllowed(
                 f"Use GET to list models (got {method}).", headers={"Allow": "GET, OPTIONS"}
             )
-        settings = self.settings
-        self._api_key()
+        allowed = self.settings.request.allowed_models
+        self._check_key()
         scope = exchange.scope
         await self.auth.authenticate(header(scope, b"authorization"), header(scope, b"origin"))
         if route == "models":
             body: dict[str, Any] = {
                 "object": "list",
-                "data": [_model(name) for name in sorted(settings.allowed_models)],
+                "data": [_model(name) for name in sorted(allowed)],
             }
-        elif model in settings.allowed_models:
+        elif model in allowed:
             body = _model(model)
         else:
             raise NotFound(f"The model {model!r} does not exist here.", param="model")
-        await exchange.respond(200, json.dumps(body, separators=(",", ":")).encode(), [id_header])
+        await exchange.respond(200, json.dumps(body, separators=(",", ":")).encode())
 
     async def _handle(
         self,
         exchange: Exchange,
         log: RequestLog,
-        id_header: Header,
         started: float,
     ) -> None:
         route = v1_route(exchange.scope.get("query_string", b""))
         if route is not None and route[0] != responses.ROUTE:
-            await self._v1(exchange, *route, id_header)
+            await self._v1(exchange, *route)
             return
         method = exchange.scope.get("method", "")
         if method == "OPTIONS":
-            await exchange.start(204, [(b"allow", ALLOW), id_header])
+            await exchange.start(204, [(b"allow", ALLOW)])
             await exchange.end()
             return
         if method != "POST":
             raise MethodNotAllowed(f"Use POST to call this endpoint (got {method}).")
-        settings, client, api_key = self.settings, self.client, self._api_key()
+        settings = self.settings
+        limits = settings.request
+        self._check_key()
         scope = exchange.scope
         caller = await self.auth.authenticate(
             header(scope, b"authorization"), header(scope, b"origin")
@@ -233,42 +204,36 @@ class GenerateHandler:
         query = scope.get("query_string", b"")
         requested_format(query)  # a bad format parameter is a 400 before the body is read
         check_json_content_type(exchange.scope)
-        raw = await exchange.read_body(body_limit(settings), settings.body_read_timeout)
+        raw = await exchange.read_body(limits.body_limit, limits.body_read_timeout)
         fmt: Format
         if route is not None:  # /api/v1/responses (lib/responses.py)
-            request, fmt = responses.parse(raw, settings, query, int(time.time()))
+            request, fmt = responses.parse(raw, limits, query, int(time.time()))
         else:
-            request = parse_body(raw, settings, stream_default=not v1_semantics(query))
+            request = parse_body(raw, limits, stream_default=not v1_semantics(query))
             accept = header(exchange.scope, b"accept")
-            fmt = choose_format(query, request, accept, settings.default_format)
+            fmt = choose_format(query, request, accept, settings.output.default_format)
             check_fit(request, fmt.name)
         log.shape, log.format, log.model = request.shape, fmt.name, request.model
-        if settings.log_prompts:
+        if settings.output.log_prompts:
             log.prompt = request.text_for_log()
         safety_id = None
         if caller.client_id is not None:  # authenticated: trace abuse to a user, hashed
             secret = settings.protection.auth_signing_secret
             safety_id = safety_identifier(caller.client_id, secret)
-        if settings.upstream_api == "responses":
-            upstream_request = build_responses_request(request, settings, safety_id=safety_id)
+        if settings.upstream.api == "responses":
+            upstream_request = build_responses_request(
+                request, settings.upstream, safety_id=safety_id
+            )
         else:
-            upstream_request = build_upstream_request(request, settings, safety_id=safety_id)
+            upstream_request = build_upstream_request(
+                request, settings.upstream, safety_id=safety_id
+            )
         p = settings.protection
         log.client = client_key(scope, p.trust_proxy_header, caller.client_id, p.ipv6_prefix)
         admission = await self.limiter.admit(log.client, request)
         try:
             async with self.limiter.holding(admission):
-                await self._stream(
-                    exchange,
-                    log,
-                    settings,
-                    client,
-                    api_key,
-                    upstream_request,
-                    fmt,
-                    [id_header, *admission.headers],
-                    started,
-                )
+                await self._stream(exchange, log, upstream_request, fmt, admission.headers, started)
         finally:
             # The response starts only once the upstream accepted the request (it may charge);
             # a whole answer starts later, so its format says when the upstream accepted.
@@ -285,46 +250,47 @@ class GenerateHandler:
         self,
         exchange: Exchange,
         log: RequestLog,
-        settings: Settings,
-        client: UpstreamClient,
-        api_key: str,
         upstream_request: UpstreamRequest,
         fmt: Format,
         headers: list[Header],
         started: float,
     ) -> None:
         """Call upstream and relay its stream within the invocation's deadline."""
-        loop = asyncio.get_running_loop()
-        deadline = invocation_deadline(settings, started, loop.time())
-        cut_at = None if deadline is None else deadline - settings.deadline_margin
+        upstream, limits = self.settings.upstream, self.settings.stream
+        deadline = invocation_deadline(limits, started, asyncio.get_running_loop().time())
+        cut_at = None if deadline is None else deadline - limits.deadline_margin
+
+        def attempted(target: Target) -> None:
+            log.attempts += 1
+            log.upstream = target.name
+
         async with exchange:
             try:
                 async with asyncio.timeout_at(cut_at):
                     stream = await open_upstream(
-                        client, upstream_request, settings, api_key, log, cut_at
+                        self.client, upstream_request, upstream, cut_at=cut_at, on_attempt=attempted
                     )
             except TimeoutError:
                 raise DeadlineExceeded(
                     "The upstream did not answer before the function's time limit."
                 ) from None
             if upstream_request.endpoint == "responses":
-                stream = ResponsesUpstream(stream, settings.max_line_bytes)
-            clock = clock_for(settings, started=started, cut_at=cut_at)
-            translator = translator_for(fmt, settings)
+                stream = ResponsesUpstream(stream, upstream.max_line_bytes)
+            clock = clock_for(limits, idle=upstream.idle_timeout, started=started, cut_at=cut_at)
+            translator = translator_for(fmt, upstream, limits)
             if isinstance(fmt, WholeResponse):
                 fmt.accepted = True
                 await relay_whole(stream, translator, fmt, exchange, log, clock, headers)
                 return
             await relay(stream, translator, exchange, log, clock, headers)
 
-    def _api_key(self) -> str:
-        """The provider key, or the 500 that says to set it."""
-        if not self.settings.openai_api_key:
+    def _check_key(self) -> None:
+        """The 500 that says to set the provider key, before any work for a request."""
+        if not self.settings.upstream.api_key:
             raise ConfigurationError(
                 "The server has no OPENAI_API_KEY configured. Set the OPENAI_API_KEY environment "
                 "variable for this function and redeploy."
             )
-        return self.settings.openai_api_key
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await _lifespan(receive, send, self.client.close, self.limiter.close)
@@ -341,3 +307,11 @@ async def _lifespan(receive: Receive, send: Send, *closers: Callable[[], Awaitab
                 await close()
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def serve(handler: GenerateHandler | Misconfigured) -> App:
+    """The ASGI app around ``handler``: the request log (id and log line) outermost, then CORS
+    (a misconfigured function has no CORS settings: its 500 needs none)."""
+    if isinstance(handler, Misconfigured):
+        return RequestLogging(handler)
+    return RequestLogging(CORSMiddleware(handler, handler.settings.cors))

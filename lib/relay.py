@@ -16,64 +16,44 @@ channel). The upstream response is always closed in ``finally``.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 from typing import Any
 
 from lib.asgi import Exchange, Header
 from lib.clock import StreamClock
-from lib.config import Settings
-from lib.errors import APIError
+from lib.config import StreamLimits, UpstreamSettings
+from lib.errors import APIError, BreakConnection
 from lib.formats import Format, WholeResponse
 from lib.log import RequestLog
 from lib.translate import Translator
 from lib.upstream import UpstreamStream
 
 
-class BreakConnection(Exception):
-    """Raised to make the server drop the connection: the only honest end for a failed stream
-    in a format without an in-band error channel (the plain text stream)."""
-
-
-class _DropBreakConnection(logging.Filter):
-    """Drops the server's "Exception in ASGI application" record for a deliberate break: it
-    is how a text stream ends on failure, not a bug, and our own log line records the cause."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info
-        return not (exc and isinstance(exc[1], BreakConnection))
-
-
-def quiet_broken_connections(server_logger: str = "uvicorn.error") -> None:
-    """Install the filter once on the ASGI server's error logger (uvicorn, which Vercel's
-    runtime and the local server run)."""
-    target = logging.getLogger(server_logger)
-    if not any(isinstance(f, _DropBreakConnection) for f in target.filters):
-        target.addFilter(_DropBreakConnection())
-
-
-def translator_for(fmt: Format, settings: Settings) -> Translator:
-    """The stream's translator, with the deployment's line limit, key and loop detector."""
+def translator_for(fmt: Format, upstream: UpstreamSettings, limits: StreamLimits) -> Translator:
+    """The stream's translator, with the upstream's line limit and key (never echoed) and the
+    deployment's loop detector."""
     repetition = None
-    if settings.repetition_window:
-        repetition = (settings.repetition_window, settings.repetition_max_period)
+    if limits.repetition_window:
+        repetition = (limits.repetition_window, limits.repetition_max_period)
     return Translator(
         fmt,
-        max_line_bytes=settings.max_line_bytes,
-        secret=settings.openai_api_key,
+        max_line_bytes=upstream.max_line_bytes,
+        secret=upstream.api_key,
         repetition=repetition,
     )
 
 
-def clock_for(settings: Settings, *, started: float, cut_at: float | None) -> StreamClock:
-    """The stream's clock, with the deployment's stream limits."""
+def clock_for(
+    limits: StreamLimits, *, idle: float, started: float, cut_at: float | None
+) -> StreamClock:
+    """The stream's clock, with the deployment's stream limits and the upstream's idle limit."""
     return StreamClock(
         started=started,
         cut_at=cut_at,
-        idle=settings.idle_timeout,
-        keepalive=settings.keepalive_interval,
-        longest=settings.max_stream_seconds,
-        write_stall=settings.write_timeout,
+        idle=idle,
+        keepalive=limits.keepalive_interval,
+        longest=limits.max_stream_seconds,
+        write_stall=limits.write_timeout,
     )
 
 

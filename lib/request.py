@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from lib.config import OPTIONAL_PARAMS, Settings
+from lib.config import OPTIONAL_PARAMS, RequestLimits, UpstreamSettings
 from lib.errors import BodyTooLarge, RequestError
 from lib.messages import TOOL_NAME, ImagePolicy, collect_messages
 
@@ -299,10 +299,10 @@ def _response_format(value: Any) -> dict[str, Any]:
     return checked
 
 
-def _check_fields(body: dict[str, Any], settings: Settings, ui: bool) -> None:
+def _check_fields(body: dict[str, Any], limits: RequestLimits, ui: bool) -> None:
     """Every field is known, allowed here, or ignored by rule; else a 400 naming it."""
     for name in body:
-        if name in BASE_FIELDS or name in settings.ignored_params:
+        if name in BASE_FIELDS or name in limits.ignored_params:
             continue
         if ui and name in UI_TRANSPORT_FIELDS:
             continue
@@ -312,19 +312,19 @@ def _check_fields(body: dict[str, Any], settings: Settings, ui: bool) -> None:
                 "them).",
                 param=name,
             )
-        if name not in settings.allowed_params and body[name] is not None:
+        if name not in limits.allowed_params and body[name] is not None:
             raise RequestError(f"{name} is turned off on this deployment.", param=name)
 
 
-def _max_tokens(body: dict[str, Any], settings: Settings) -> int:
-    given = _integer(body, "max_tokens", 1, settings.max_tokens)
-    completion = _integer(body, "max_completion_tokens", 1, settings.max_tokens)
+def _max_tokens(body: dict[str, Any], limits: RequestLimits) -> int:
+    given = _integer(body, "max_tokens", 1, limits.max_tokens)
+    completion = _integer(body, "max_completion_tokens", 1, limits.max_tokens)
     if given is not None and completion is not None and given != completion:
         raise RequestError(
             "Send max_tokens or max_completion_tokens, not both with different values.",
             param="max_tokens",
         )
-    return completion or given or settings.max_tokens
+    return completion or given or limits.max_tokens
 
 
 def _options(body: dict[str, Any], shape: Shape) -> dict[str, Any]:
@@ -437,7 +437,7 @@ def _stream(body: dict[str, Any], stream_default: bool) -> bool:
 
 
 def parse_request(
-    body: dict[str, Any], settings: Settings, *, stream_default: bool = True
+    body: dict[str, Any], limits: RequestLimits, *, stream_default: bool = True
 ) -> GenerateRequest:
     """Validate a parsed body against the deployment's limits.
 
@@ -457,25 +457,25 @@ def parse_request(
     ui = isinstance(messages, list) and any(
         isinstance(m, dict) and "parts" in m and "content" not in m for m in messages
     )
-    _check_fields(body, settings, ui)
+    _check_fields(body, limits, ui)
     stream = _stream(body, stream_default)
 
     model = body.get("model")
     if model is None:  # absent or null: the deployment's default
-        model = settings.default_model
-    if not isinstance(model, str) or model not in settings.allowed_models:
-        allowed = ", ".join(sorted(settings.allowed_models))
+        model = limits.default_model
+    if not isinstance(model, str) or model not in limits.allowed_models:
+        allowed = ", ".join(sorted(limits.allowed_models))
         raise RequestError(f"model must be one of: {allowed}.", param="model")
-    max_tokens = _max_tokens(body, settings)
+    max_tokens = _max_tokens(body, limits)
     options = _options(body, shape)
     include_usage = _include_usage(body)
 
     if prompt is not None:
         if not isinstance(prompt, str) or not prompt.strip():
             raise RequestError("prompt must be a non-empty string.", param="prompt")
-        if len(prompt) > settings.max_prompt_chars:
+        if len(prompt) > limits.max_prompt_chars:
             raise RequestError(
-                f"prompt holds {len(prompt)} characters; the limit is {settings.max_prompt_chars}.",
+                f"prompt holds {len(prompt)} characters; the limit is {limits.max_prompt_chars}.",
                 param="prompt",
             )
         return GenerateRequest(
@@ -489,13 +489,13 @@ def parse_request(
         )
     collected = collect_messages(
         messages,
-        max_messages=settings.max_messages,
-        policy=ImagePolicy(settings.image_url_schemes),
+        max_messages=limits.max_messages,
+        policy=ImagePolicy(limits.image_url_schemes),
     )
-    if collected.text_chars > settings.max_prompt_chars:
+    if collected.text_chars > limits.max_prompt_chars:
         raise RequestError(
             f"messages hold {collected.text_chars} characters; the limit is "
-            f"{settings.max_prompt_chars}.",
+            f"{limits.max_prompt_chars}.",
             param="messages",
         )
     return GenerateRequest(
@@ -514,33 +514,27 @@ def parse_request(
     )
 
 
-def body_limit(settings: Settings) -> int:
-    """How much of a body is read: ``MAX_IMAGE_BODY_BYTES`` when images are on (a data URL is
-    large), else ``MAX_BODY_BYTES``; :func:`parse_body` holds image-less bodies to the latter."""
-    if settings.image_url_schemes:
-        return max(settings.max_body_bytes, settings.max_image_body_bytes)
-    return settings.max_body_bytes
-
-
-def parse_body(raw: bytes, settings: Settings, *, stream_default: bool = True) -> GenerateRequest:
+def parse_body(
+    raw: bytes, limits: RequestLimits, *, stream_default: bool = True
+) -> GenerateRequest:
     """The body, parsed and validated; a body over ``MAX_BODY_BYTES`` that carries no image is
     a 413 whatever else is wrong with it."""
-    too_large = len(raw) > settings.max_body_bytes
+    too_large = len(raw) > limits.max_body_bytes
     try:
-        request = parse_request(parse_json_object(raw), settings, stream_default=stream_default)
+        request = parse_request(parse_json_object(raw), limits, stream_default=stream_default)
     except RequestError:
         if too_large:
-            raise _too_large(settings) from None
+            raise _too_large(limits) from None
         raise
     if too_large and not request.images:
-        raise _too_large(settings)
+        raise _too_large(limits)
     return request
 
 
-def _too_large(settings: Settings) -> BodyTooLarge:
+def _too_large(limits: RequestLimits) -> BodyTooLarge:
     return BodyTooLarge(
-        f"The request body is larger than the limit of {settings.max_body_bytes} bytes "
-        f"(a body with images may have up to {settings.max_image_body_bytes})."
+        f"The request body is larger than the limit of {limits.max_body_bytes} bytes "
+        f"(a body with images may have up to {limits.max_image_body_bytes})."
     )
 
 
@@ -554,13 +548,13 @@ def safety_identifier(client_id: str, secret: str | None) -> str:
 
 
 def build_upstream_request(
-    request: GenerateRequest, settings: Settings, *, safety_id: str | None = None
+    request: GenerateRequest, upstream: UpstreamSettings, *, safety_id: str | None = None
 ) -> UpstreamRequest:
     """The one request we forward: our URL, our fields, always ``stream: true`` (a caller
     without ``stream`` gets the stream aggregated into one object by the relay). With
     protection on, ``safety_id`` is the authenticated client's :func:`safety_identifier`."""
     payload: dict[str, Any] = {"model": request.model}
-    use_completions = request.prompt is not None and settings.prompt_endpoint == "completions"
+    use_completions = request.prompt is not None and upstream.prompt_endpoint == "completions"
     if use_completions:
         payload["prompt"] = request.prompt
     elif request.prompt is not None:
@@ -568,7 +562,7 @@ def build_upstream_request(
     else:
         payload["messages"] = list(request.messages)
     # The legacy completions endpoint knows only max_tokens; chat takes the deployment's field.
-    payload["max_tokens" if use_completions else settings.max_tokens_field] = request.max_tokens
+    payload["max_tokens" if use_completions else upstream.max_tokens_field] = request.max_tokens
     payload.update(request.options)
     if safety_id is not None:
         if "safety_identifier" in request.options:
@@ -578,9 +572,9 @@ def build_upstream_request(
             )
         payload["safety_identifier"] = safety_id
     payload["stream"] = True
-    if settings.upstream_include_usage:
+    if upstream.include_usage:
         payload["stream_options"] = {"include_usage": True}
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     if use_completions:
-        return UpstreamRequest(settings.completions_url, body, "completions")
-    return UpstreamRequest(settings.chat_url, body, "chat")
+        return UpstreamRequest(upstream.url("completions"), body, "completions")
+    return UpstreamRequest(upstream.url("chat"), body, "chat")

@@ -9,27 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import replace
 
-from lib.config import Settings
-from lib.log import RequestLog
+from lib.config import ENDPOINT_PATHS, UpstreamSettings
 from lib.request import UpstreamRequest
 from lib.retry import Target, open_with_retries
 from lib.upstream import UpstreamClient, UpstreamStream
-
-_PATHS = {"chat": "/chat/completions", "completions": "/completions", "responses": "/responses"}
-
-
-def targets(settings: Settings, api_key: str) -> tuple[Target, ...]:
-    """The primary upstream, then the configured fallbacks in order."""
-    return (Target("primary", settings.openai_base_url, api_key), *settings.fallbacks)
 
 
 def retarget(request: UpstreamRequest, target: Target) -> UpstreamRequest:
     """The same request, addressed to ``target`` (and for its model, if it names one)."""
     if target.name == "primary":
         return request
-    url = target.base_url.rstrip("/") + _PATHS[request.endpoint]
+    url = target.base_url.rstrip("/") + ENDPOINT_PATHS[request.endpoint]
     body = request.body
     if target.model is not None:
         payload = json.loads(body)
@@ -41,24 +34,19 @@ def retarget(request: UpstreamRequest, target: Target) -> UpstreamRequest:
 async def open_upstream(
     client: UpstreamClient,
     request: UpstreamRequest,
-    settings: Settings,
-    api_key: str,
-    log: RequestLog,
+    upstream: UpstreamSettings,
+    *,
     cut_at: float | None,
+    on_attempt: Callable[[Target], None],
 ) -> UpstreamStream:
-    """The first upstream stream that opens; raises the last failure if none does."""
-    loop = asyncio.get_running_loop()
-
-    def record(target: Target) -> None:
-        log.attempts += 1
-        log.upstream = target.name
-
+    """The first upstream stream that opens; raises the last failure if none does.
+    ``on_attempt`` hears of each request sent (the handler counts them for its log line)."""
     stream, _ = await open_with_retries(
-        targets(settings, api_key),
+        upstream.targets,
         lambda target: client.open(retarget(request, target), target.api_key),
-        settings.retry_policy,
+        upstream.retry_policy,
         cut_at=cut_at,
-        clock=loop.time,
-        on_attempt=record,
+        clock=asyncio.get_running_loop().time,
+        on_attempt=on_attempt,
     )
     return stream

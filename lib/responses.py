@@ -21,7 +21,7 @@ import json
 import uuid
 from typing import Any, NamedTuple
 
-from lib.config import Settings
+from lib.config import RequestLimits
 from lib.errors import APIError, RequestError
 from lib.formats import SSE_HEADERS, Chunk, WholeResponse
 from lib.negotiate import requested_format
@@ -319,10 +319,10 @@ def _text(value: Any, body: dict[str, Any]) -> None:
         body["verbosity"] = value["verbosity"]
 
 
-def convert(body: dict[str, Any], settings: Settings) -> Converted:
+def convert(body: dict[str, Any], limits: RequestLimits) -> Converted:
     """The chat body for a Responses request (structure only: the validator checks values)."""
     for name in body:
-        if name not in HANDLED and name not in RENAMED and name not in settings.ignored_params:
+        if name not in HANDLED and name not in RENAMED and name not in limits.ignored_params:
             raise _refuse(
                 f"{name} is not a field this function accepts (docs/responses.md lists them).",
                 name,
@@ -334,7 +334,7 @@ def convert(body: dict[str, Any], settings: Settings) -> Converted:
         if name in body:
             chat[name] = body[name]
     for name, target in RENAMED.items():
-        if name in body and name not in settings.ignored_params:
+        if name in body and name not in limits.ignored_params:
             chat[target] = body[name]
             converted.echo[name] = body[name]
     instructions = body.get("instructions")
@@ -410,22 +410,22 @@ class ResponsesRequest(NamedTuple):
     echo: dict[str, Any]
 
 
-def parse_responses_body(raw: bytes, settings: Settings) -> ResponsesRequest:
+def parse_responses_body(raw: bytes, limits: RequestLimits) -> ResponsesRequest:
     """Parse, convert and validate a Responses body (a missing ``stream`` means one object, as
     on OpenAI's API); the size rule is :func:`lib.request.parse_body`'s."""
-    too_large = len(raw) > settings.max_body_bytes
+    too_large = len(raw) > limits.max_body_bytes
     try:
-        converted = convert(parse_json_object(raw), settings)
+        converted = convert(parse_json_object(raw), limits)
         try:
-            request = parse_request(converted.body, settings, stream_default=False)
+            request = parse_request(converted.body, limits, stream_default=False)
         except RequestError as error:
             raise _rename(error, converted) from None
     except RequestError:
         if too_large:
-            raise _too_large(settings) from None
+            raise _too_large(limits) from None
         raise
     if too_large and not request.images:
-        raise _too_large(settings)
+        raise _too_large(limits)
     return ResponsesRequest(request, converted.echo)
 
 
@@ -905,7 +905,7 @@ def responses_format(parsed: ResponsesRequest, created_at: int) -> ResponsesStre
 
 
 def parse(
-    raw: bytes, settings: Settings, query: bytes, created_at: int
+    raw: bytes, limits: RequestLimits, query: bytes, created_at: int
 ) -> tuple[GenerateRequest, ResponsesStream | WholeResponses]:
     """The handler's one call for ``/api/v1/responses``: the validated request and its format."""
     if requested_format(query) is not None:
@@ -914,5 +914,5 @@ def parse(
             "API's own shape.",
             param="format",
         )
-    parsed = parse_responses_body(raw, settings)
+    parsed = parse_responses_body(raw, limits)
     return parsed.request, responses_format(parsed, created_at)

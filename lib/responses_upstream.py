@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lib.config import Settings
+from lib.config import UpstreamSettings
 from lib.errors import RequestError
 from lib.request import GenerateRequest, UpstreamRequest
 from lib.sse import Event, SSEDecoder, encode_event
@@ -98,7 +98,7 @@ def _input(messages: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
 
 
 def build_responses_request(
-    request: GenerateRequest, settings: Settings, *, safety_id: str | None = None
+    request: GenerateRequest, upstream: UpstreamSettings, *, safety_id: str | None = None
 ) -> UpstreamRequest:
     """The one request sent to ``{OPENAI_BASE_URL}/responses``: streamed, never stored."""
     options = request.options
@@ -143,7 +143,7 @@ def build_responses_request(
     payload["store"] = False
     payload["stream"] = True
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return UpstreamRequest(settings.responses_url, body, "responses")
+    return UpstreamRequest(upstream.url("responses"), body, "responses")
 
 
 _JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))

@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from lib.config import Settings
+from lib.config import UpstreamSettings
 from lib.errors import (
     APIError,
     UpstreamAuthError,
@@ -153,7 +153,7 @@ class UpstreamStream:
 class UpstreamClient:
     """Sends the one streaming request per invocation; owns the shared session."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: UpstreamSettings) -> None:
         self._settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -165,7 +165,7 @@ class UpstreamClient:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
             connector = aiohttp.TCPConnector(
-                limit=self._settings.upstream_max_connections,
+                limit=self._settings.max_connections,
                 limit_per_host=0,
                 ttl_dns_cache=300,
                 keepalive_timeout=60,
@@ -248,7 +248,7 @@ class UpstreamClient:
 
 
 @contextlib.contextmanager
-def _translate(settings: Settings, phase: str) -> Iterator[None]:
+def _translate(settings: UpstreamSettings, phase: str) -> Iterator[None]:
     """aiohttp and asyncio failures before the stream, as our errors (most specific first)."""
     try:
         yield
@@ -273,7 +273,7 @@ def _translate(settings: Settings, phase: str) -> Iterator[None]:
 
 
 async def _status_error(
-    response: aiohttp.ClientResponse, api_key: str, settings: Settings
+    response: aiohttp.ClientResponse, api_key: str, settings: UpstreamSettings
 ) -> APIError:
     error = await _status_error_for(response, api_key, settings)
     if isinstance(error, UpstreamError):
@@ -285,7 +285,7 @@ async def _status_error(
 
 
 async def _status_error_for(
-    response: aiohttp.ClientResponse, api_key: str, settings: Settings
+    response: aiohttp.ClientResponse, api_key: str, settings: UpstreamSettings
 ) -> APIError:
     status = response.status
     message, code = await _error_details(response, api_key, settings)
@@ -319,7 +319,7 @@ async def _status_error_for(
 
 
 async def _error_details(
-    response: aiohttp.ClientResponse, api_key: str, settings: Settings
+    response: aiohttp.ClientResponse, api_key: str, settings: UpstreamSettings
 ) -> tuple[str | None, str | None]:
     """The upstream's own error message and code, read with a size and time bound."""
     try:

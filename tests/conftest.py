@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 from dev.demo_upstream import DemoUpstream, start_demo_upstream
 from dev.inprocess import serve_asgi
 from lib.config import PROJECT_ROOT, load_settings
-from lib.handler import GenerateHandler
+from lib.handler import GenerateHandler, serve
 from tests.jsdriver import NodeDriver
 
 pytest_plugins = ["tests.redisproc"]  # a real redis-server for the shared-limit tests
@@ -105,7 +105,7 @@ async def make_function(
             **env,
         }
         handler = GenerateHandler(load_settings(environ, root=root))
-        url, stop = await serve_asgi(handler)
+        url, stop = await serve_asgi(serve(handler))
         stops.append(stop)
         return Function(url=url + "/api/generate", handler=handler)
 

@@ -462,7 +462,7 @@ async def test_large_bodies_are_allowed_only_with_images(
 
 
 def test_token_estimate_has_an_image_allowance() -> None:
-    settings = load_settings({"OPENAI_API_KEY": "k"})
+    settings = load_settings({"OPENAI_API_KEY": "k"}).request
     text_only = parse_request({"messages": [{"role": "user", "content": "hi"}]}, settings)
     images = [
         {"type": "text", "text": "hi"},
@@ -485,7 +485,7 @@ def test_settings_are_checked() -> None:
     ):
         with pytest.raises(SettingsError):
             load_settings(env)
-    assert json.dumps(sorted(load_settings({}).image_url_schemes)) == '["data", "https"]'
+    assert json.dumps(sorted(load_settings({}).request.image_url_schemes)) == '["data", "https"]'
 
 
 # --- non-streaming callers ----------------------------------------------------------------------
@@ -630,7 +630,7 @@ def test_whole_response_gathers_interleaved_calls_logprobs_and_refusal() -> None
 
 
 def test_logged_prompt_shows_images_as_a_marker() -> None:
-    settings = load_settings({"OPENAI_API_KEY": "k"})
+    settings = load_settings({"OPENAI_API_KEY": "k"}).request
     content = [
         {"type": "text", "text": "What is "},
         {"type": "image_url", "image_url": {"url": PNG}},

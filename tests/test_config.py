@@ -16,18 +16,18 @@ from lib.handler import Misconfigured
 
 def test_defaults() -> None:
     settings = load_settings({})
-    assert settings.openai_api_key is None
-    assert settings.chat_url == "https://api.openai.com/v1/chat/completions"
-    assert settings.completions_url == "https://api.openai.com/v1/completions"
-    assert settings.max_body_bytes == 64 * 1024
-    assert settings.allowed_models == {"gpt-4o-mini"}
-    assert settings.prompt_endpoint == "chat"
-    assert settings.upstream_include_usage is True
+    assert settings.upstream.api_key is None
+    assert settings.upstream.url("chat") == "https://api.openai.com/v1/chat/completions"
+    assert settings.upstream.url("completions") == "https://api.openai.com/v1/completions"
+    assert settings.request.max_body_bytes == 64 * 1024
+    assert settings.request.allowed_models == {"gpt-4o-mini"}
+    assert settings.upstream.prompt_endpoint == "chat"
+    assert settings.upstream.include_usage is True
 
 
 def test_settings_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
-        load_settings({}).max_tokens = 5  # type: ignore[misc]
+        load_settings({}).request.max_tokens = 5  # type: ignore[misc]
 
 
 def test_values_from_the_environment() -> None:
@@ -43,13 +43,13 @@ def test_values_from_the_environment() -> None:
             "UPSTREAM_IDLE_TIMEOUT": "2.5",
         }
     )
-    assert settings.openai_api_key == "sk-x"
-    assert settings.chat_url == "http://127.0.0.1:9/v1/chat/completions"
-    assert settings.allowed_models == {"a", "b"}
-    assert settings.max_tokens == 50
-    assert settings.prompt_endpoint == "completions"
-    assert settings.upstream_include_usage is False
-    assert settings.idle_timeout == 2.5
+    assert settings.upstream.api_key == "sk-x"
+    assert settings.upstream.url("chat") == "http://127.0.0.1:9/v1/chat/completions"
+    assert settings.request.allowed_models == {"a", "b"}
+    assert settings.request.max_tokens == 50
+    assert settings.upstream.prompt_endpoint == "completions"
+    assert settings.upstream.include_usage is False
+    assert settings.upstream.idle_timeout == 2.5
 
 
 @pytest.mark.parametrize(
@@ -70,18 +70,18 @@ def test_bad_values_name_the_variable_and_value(env: dict[str, str], needle: str
 
 
 def test_max_duration_from_vercel_json_then_the_setting(tmp_path: Path) -> None:
-    assert load_settings({}, root=tmp_path).max_duration is None
-    assert load_settings({"MAX_DURATION": "30"}, root=tmp_path).max_duration == 30.0
+    assert load_settings({}, root=tmp_path).stream.max_duration is None
+    assert load_settings({"MAX_DURATION": "30"}, root=tmp_path).stream.max_duration == 30.0
     (tmp_path / "vercel.json").write_text(
         json.dumps({"functions": {"api/generate.py": {"maxDuration": 300}}})
     )
     assert vercel_max_duration(tmp_path) == 300.0
-    assert load_settings({"MAX_DURATION": "30"}, root=tmp_path).max_duration == 300.0
+    assert load_settings({"MAX_DURATION": "30"}, root=tmp_path).stream.max_duration == 300.0
 
 
 def test_the_project_vercel_json_gives_60_seconds() -> None:
     assert vercel_max_duration() == 60.0
-    assert Settings().max_duration is None
+    assert Settings().stream.max_duration is None
 
 
 def test_module_imports_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -140,8 +140,8 @@ def test_allowed_origins_must_be_exact_origins(value: str) -> None:
 
 def test_allowed_origins_are_parsed() -> None:
     settings = load_settings({"ALLOWED_ORIGINS": " https://A.example.com ,http://[::1]:8080"})
-    assert settings.allowed_origins == {"https://a.example.com", "http://[::1]:8080"}
-    assert settings.cors_max_age == 600
-    assert settings.default_format == "openai"
+    assert settings.cors.allowed_origins == {"https://a.example.com", "http://[::1]:8080"}
+    assert settings.cors.max_age == 600
+    assert settings.output.default_format == "openai"
     with pytest.raises(SettingsError, match="DEFAULT_FORMAT"):
         load_settings({"DEFAULT_FORMAT": "xml"})

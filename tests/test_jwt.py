@@ -453,7 +453,7 @@ async def test_the_jwks_fetch_is_bounded_follows_no_redirect_and_names_the_failu
     app.router.add_get("/big", big)
     app.router.add_get("/moved", moved)
     server = await aiohttp_server(app)
-    client = UpstreamClient(load_settings({}))
+    client = UpstreamClient(load_settings({}).upstream)
     try:
         with pytest.raises(UpstreamError, match="more than"):
             await client.fetch(str(server.make_url("/big")), within=5, max_bytes=MAX_JWKS_BYTES)

@@ -181,4 +181,4 @@ async def test_prompts_are_logged_only_when_asked(
 def test_vercel_json_max_duration_is_the_default_deadline(env: dict[str, str]) -> None:
     from lib.config import load_settings
 
-    assert load_settings(env).max_duration == 60.0
+    assert load_settings(env).stream.max_duration == 60.0

@@ -207,7 +207,7 @@ def test_vercel_is_detected_for_the_trusted_header() -> None:
 
 def test_the_stream_and_connection_settings_parse_and_name_bad_values() -> None:
     settings = load_settings({})
-    assert (settings.write_timeout, settings.body_read_timeout) == (30.0, 15.0)
+    assert (settings.stream.write_timeout, settings.request.body_read_timeout) == (30.0, 15.0)
     p = settings.protection
     assert (p.store_max_connections, p.stream_lease_seconds, p.ipv6_prefix) == (20, 30.0, 56)
     env = {
@@ -218,7 +218,7 @@ def test_the_stream_and_connection_settings_parse_and_name_bad_values() -> None:
         "IPV6_PREFIX": "64",
     }
     custom = load_settings(env)
-    assert (custom.write_timeout, custom.body_read_timeout) == (2.5, 5.0)
+    assert (custom.stream.write_timeout, custom.request.body_read_timeout) == (2.5, 5.0)
     q = custom.protection
     assert (q.store_max_connections, q.stream_lease_seconds, q.ipv6_prefix) == (50, 60.0, 64)
     for name, bad in [

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from lib.config import load_settings
-from lib.handler import GenerateHandler
+from lib.handler import GenerateHandler, serve
 from tests.conftest import CANARY_KEY, ErrorTap
 from tests.test_fuzz import call, json_value
 
@@ -134,7 +134,9 @@ async def test_no_responses_request_gets_a_5xx_or_a_cut_stream(
     fuzz_handler: GenerateHandler, error_tap: ErrorTap, body: bytes
 ) -> None:
     headers = [(b"content-type", b"application/json")]
-    status, response_headers, raw = await call(fuzz_handler, "POST", headers, QUERY, body, [])
+    status, response_headers, raw = await call(
+        serve(fuzz_handler), "POST", headers, QUERY, body, []
+    )
     event(f"status {status}")
     assert status < 500, (status, raw[:300])
     assert CANARY_KEY.encode() not in raw

@@ -306,8 +306,8 @@ def test_an_upstream_event_that_is_not_json_reaches_the_relay_as_it_is() -> None
 
 
 def test_the_setting_is_checked() -> None:
-    assert load_settings({}).upstream_api == "chat"
-    assert load_settings({"UPSTREAM_API": "responses"}).responses_url == (
+    assert load_settings({}).upstream.api == "chat"
+    assert load_settings({"UPSTREAM_API": "responses"}).upstream.url("responses") == (
         "https://api.openai.com/v1/responses"
     )
     with pytest.raises(SettingsError, match="UPSTREAM_API='assistants'"):

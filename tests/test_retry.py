@@ -236,11 +236,11 @@ def test_fallbacks_read_keys_from_named_variables() -> None:
         "OPENAI_API_KEY": "sk-main",
     }
     settings = load_settings(env)
-    assert settings.fallbacks == (
+    assert settings.upstream.fallbacks == (
         Target("fallback1", "https://b.example/v1", "sk-azure", "gpt-4o"),
         Target("fallback2", "http://c/v1", "sk-main", None),
     )
-    assert settings.retry_policy == RetryPolicy(2, 0.5, 8.0)
+    assert settings.upstream.retry_policy == RetryPolicy(2, 0.5, 8.0)
 
 
 @pytest.mark.parametrize(
@@ -277,5 +277,5 @@ def test_bad_resilience_settings_name_the_variable(name: str, value: str) -> Non
 
 def test_zero_disables_the_stream_limit_and_the_detector() -> None:
     settings = load_settings({"MAX_STREAM_SECONDS": "0", "REPETITION_WINDOW": "0"})
-    assert settings.max_stream_seconds is None
-    assert settings.repetition_window == 0
+    assert settings.stream.max_stream_seconds is None
+    assert settings.stream.repetition_window == 0

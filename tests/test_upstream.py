@@ -31,7 +31,7 @@ def mocked() -> Iterator[aioresponses]:
 
 @pytest.fixture
 async def client() -> UpstreamClient:
-    return UpstreamClient(load_settings({"OPENAI_API_KEY": KEY}))
+    return UpstreamClient(load_settings({"OPENAI_API_KEY": KEY}).upstream)
 
 
 def _key() -> ConnectionKey:
@@ -78,7 +78,9 @@ async def test_one_session_and_connection_reused_across_requests(
 ) -> None:
     """A warm function skips TCP (and TLS) set-up: the second request rides the first one's
     connection, from the same session."""
-    client = UpstreamClient(load_settings({"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": upstream_url}))
+    client = UpstreamClient(
+        load_settings({"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": upstream_url}).upstream
+    )
     request = UpstreamRequest(upstream_url + "/chat/completions", b'{"stream":true}', "chat")
     ports = []
     sessions = []
@@ -105,7 +107,7 @@ async def test_one_session_and_connection_reused_across_requests(
 async def test_session_belongs_to_the_running_loop() -> None:
     """A warm process reuses its session; a new event loop (a new process in effect) gets a new
     one instead of touching a session bound to a dead loop."""
-    client = UpstreamClient(load_settings({"OPENAI_API_KEY": KEY}))
+    client = UpstreamClient(load_settings({"OPENAI_API_KEY": KEY}).upstream)
     assert client._session is None  # nothing at construction (import time)
 
     async def grab() -> object:
@@ -130,7 +132,9 @@ async def test_session_belongs_to_the_running_loop() -> None:
 
 
 def test_no_total_timeout_and_a_deliberate_pool_size() -> None:
-    client = UpstreamClient(load_settings({"OPENAI_API_KEY": KEY, "UPSTREAM_MAX_CONNECTIONS": "7"}))
+    client = UpstreamClient(
+        load_settings({"OPENAI_API_KEY": KEY, "UPSTREAM_MAX_CONNECTIONS": "7"}).upstream
+    )
 
     async def inspect() -> tuple[aiohttp.ClientTimeout, int]:
         session = client._session_for_loop()
