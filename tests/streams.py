@@ -8,6 +8,20 @@ from typing import Any
 
 import aiohttp
 
+# The one tool the tool-call tests offer, in the Chat Completions shape.
+WEATHER_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
 
 async def post(
     http: aiohttp.ClientSession,

@@ -15,6 +15,7 @@ from dev.demo_upstream import DemoUpstream, Scenario
 from lib.config import load_settings
 from lib.limits import estimate_prompt_tokens
 from lib.request import IMAGE_TOKENS, LOW_DETAIL_IMAGE_TOKENS, parse_request
+from tests import streams
 from tests.conftest import Function, LogTap
 from tests.streams import post
 from tests.test_protection import freeze, wait_requests
@@ -22,17 +23,8 @@ from tests.test_protection import freeze, wait_requests
 MakeFunction = Callable[..., Awaitable[Function]]
 USER = {"role": "user", "content": "What is the weather in Paris?"}
 WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-        "strict": True,
-    },
+    **streams.WEATHER_TOOL,
+    "function": {**streams.WEATHER_TOOL["function"], "strict": True},
 }
 PNG = "data:image/png;base64,iVBORw0KGgo="
 

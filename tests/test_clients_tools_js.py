@@ -18,20 +18,10 @@ from lib.config import PROJECT_ROOT, load_settings
 from lib.handler import GenerateHandler, serve
 from tests.conftest import CANARY_KEY, Function, serve_asgi
 from tests.jsdriver import NodeDriver
+from tests.streams import WEATHER_TOOL
 
 pytestmark = pytest.mark.node
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 PNG = "data:image/png;base64,iVBORw0KGgo="
 
 
@@ -57,7 +47,7 @@ async def test_use_chat_client_side_tool_round_trip(
         "chat_tool",
         api=function.url,
         text="Weather in Paris?",
-        tools=[WEATHER],
+        tools=[WEATHER_TOOL],
         output={"temp_c": 21},
     )
     assert out["error"] is None

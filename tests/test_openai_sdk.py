@@ -17,6 +17,7 @@ from dev.serve import Function, LocalPlatform, load_config
 from lib.config import PROJECT_ROOT, load_settings
 from lib.handler import GenerateHandler, serve
 from tests.conftest import CANARY_KEY, serve_asgi
+from tests.streams import WEATHER_TOOL
 
 CALLER_KEY = "sk-caller-own-key-0123456789abcdef"
 TEXT = "Grüße from the SDK 🚀, streamed."
@@ -175,19 +176,6 @@ async def test_errors_before_the_stream_are_the_sdks_exceptions(
 
 # --- the whole Chat Completions surface (docs/chat-completions.md) -----------------------------
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
-
 
 async def test_sdk_default_call_gets_one_chat_completion(site: Site, demo: DemoUpstream) -> None:
     """No ``stream`` key (the SDK's default): one chat.completion object, not a stream."""
@@ -237,7 +225,7 @@ async def test_two_step_tool_loop(site: Site, demo: DemoUpstream) -> None:
     client, _ = await site()
     messages: list[Any] = [{"role": "user", "content": "Weather in Paris?"}]
     stream = await client.chat.completions.create(
-        model="gpt-4o-mini", messages=messages, tools=[WEATHER], stream=True
+        model="gpt-4o-mini", messages=messages, tools=[WEATHER_TOOL], stream=True
     )
     calls: dict[int, dict[str, str]] = {}
     reason = None
@@ -268,7 +256,7 @@ async def test_two_step_tool_loop(site: Site, demo: DemoUpstream) -> None:
     )
     messages.append({"role": "tool", "tool_call_id": call["id"], "content": "21 C, sunny"})
     final = await client.chat.completions.create(
-        model="gpt-4o-mini", messages=messages, tools=[WEATHER]
+        model="gpt-4o-mini", messages=messages, tools=[WEATHER_TOOL]
     )
     assert final.choices[0].message.content == "The tool answered: 21 C, sunny. That is my answer."
     assert demo.seen[1].json["messages"] == messages  # forwarded intact
@@ -277,7 +265,9 @@ async def test_two_step_tool_loop(site: Site, demo: DemoUpstream) -> None:
 async def test_non_streamed_tool_call(site: Site, demo: DemoUpstream) -> None:
     client, _ = await site()
     completion = await client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER]
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Weather?"}],
+        tools=[WEATHER_TOOL],
     )
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"

@@ -18,21 +18,10 @@ from lib.config import SettingsError, load_settings
 from lib.responses_upstream import ChunksFromResponses
 from lib.sse import Event, SSEDecoder
 from tests.conftest import Function, LogTap
-from tests.streams import canonical_events, chat_text, chunks, completion_text, post
+from tests.streams import WEATHER_TOOL, canonical_events, chat_text, chunks, completion_text, post
 
 MakeFunction = Callable[..., Awaitable[Function]]
 USER = {"role": "user", "content": "What is the weather in Paris?"}
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 @pytest.fixture
@@ -87,7 +76,7 @@ async def test_prompt_caller_gets_completion_chunks(
 async def test_ui_stream_gets_reasoning_and_tool_parts(
     function: Function, http: aiohttp.ClientSession, demo: DemoUpstream
 ) -> None:
-    body = {"messages": [USER], "tools": [WEATHER], "reasoning_effort": "low"}
+    body = {"messages": [USER], "tools": [WEATHER_TOOL], "reasoning_effort": "low"}
     resp = await post(http, function.url + "?format=ui", body)
     parts = ui_parts(await resp.read())
     kinds = [p["type"] for p in parts]
@@ -100,7 +89,7 @@ async def test_ui_stream_gets_reasoning_and_tool_parts(
     assert parts[-1] == {"type": "finish", "finishReason": "tool-calls"}
     seen = demo.seen[0].json
     assert seen["reasoning"] == {"effort": "low", "summary": "auto"}
-    assert seen["tools"] == [{"type": "function", **WEATHER["function"]}]
+    assert seen["tools"] == [{"type": "function", **WEATHER_TOOL["function"]}]
 
 
 async def test_tool_loop_second_turn_becomes_items(
@@ -117,7 +106,7 @@ async def test_tool_loop_second_turn_becomes_items(
             {"role": "assistant", "content": None, "tool_calls": [call]},
             {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
         ],
-        "tools": [WEATHER],
+        "tools": [WEATHER_TOOL],
         "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
     }
     resp = await post(http, function.url + "?format=openai", body)
@@ -156,7 +145,7 @@ async def test_responses_caller_gets_the_responses_stream(
     tool = {
         "type": "function",
         "name": "get_weather",
-        "parameters": WEATHER["function"]["parameters"],
+        "parameters": WEATHER_TOOL["function"]["parameters"],
     }
     try:
         async with client.responses.stream(
