@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 from urllib.parse import urlsplit
 
 from lib.retry import RetryPolicy, Target
@@ -33,6 +33,7 @@ PromptEndpoint = Literal["chat", "completions"]
 OutputFormat = Literal["openai", "ui", "text"]
 UpstreamAPI = Literal["chat", "responses"]
 MaxTokensField = Literal["max_completion_tokens", "max_tokens"]
+OUTPUT_FORMATS: Final[tuple[str, ...]] = get_args(OutputFormat)  # the format query parameter too
 Group = Literal["upstream", "request", "stream", "protection", "jwt", "cors", "output"]
 # The optional request fields the function can forward (lib/request.py checks each);
 # ALLOWED_PARAMS narrows them per deployment. docs/chat-completions.md has the rules.
@@ -373,11 +374,12 @@ SPECS: Final[tuple[Spec, ...]] = (
     # upstream: where requests go, with which key, how they are sent and read
     Spec("OPENAI_API_KEY", "upstream", "api_key", None, _optional_text, "the provider key"),
     Spec("OPENAI_BASE_URL", "upstream", "base_url", _OPENAI, _http_url, "the upstream API"),
-    Spec("UPSTREAM_API", "upstream", "api", "chat", _choice("chat", "responses"), "upstream API"),
+    Spec("UPSTREAM_API", "upstream", "api", "chat", _choice(*get_args(UpstreamAPI)),
+         "which upstream API"),
     Spec("PROMPT_ENDPOINT", "upstream", "prompt_endpoint", "chat",
-         _choice("chat", "completions"), "where a prompt goes"),
+         _choice(*get_args(PromptEndpoint)), "where a prompt goes"),
     Spec("MAX_TOKENS_FIELD", "upstream", "max_tokens_field", "max_completion_tokens",
-         _choice("max_completion_tokens", "max_tokens"), "the cap's name upstream"),
+         _choice(*get_args(MaxTokensField)), "the cap's name upstream"),
     _bool("UPSTREAM_INCLUDE_USAGE", "upstream", "include_usage", True, "ask for the usage chunk"),
     _num("UPSTREAM_CONNECT_TIMEOUT", "upstream", "connect_timeout", float, 10.0, 0.01, 600.0,
          "seconds to open a connection"),
@@ -433,7 +435,7 @@ SPECS: Final[tuple[Spec, ...]] = (
     _num("REPETITION_MAX_PERIOD", "stream", "repetition_max_period", int, 200, 1, 500_000,
          "longest repeating unit (at most half the window)"),
     # output
-    Spec("DEFAULT_FORMAT", "output", "default_format", "openai", _choice("openai", "ui", "text"),
+    Spec("DEFAULT_FORMAT", "output", "default_format", "openai", _choice(*OUTPUT_FORMATS),
          "format when the caller names none"),
     _bool("LOG_PROMPTS", "output", "log_prompts", False, "include the prompt in the log line"),
     # CORS

@@ -15,15 +15,13 @@ false`` anywhere; a body without ``stream`` on the ``/api/v1`` paths, as the Ope
 
 from __future__ import annotations
 
-from typing import Final
 from urllib.parse import parse_qsl
 
 from lib.aisdk import TextStream, UIMessageStream
+from lib.config import OUTPUT_FORMATS
 from lib.errors import RequestError
 from lib.formats import Format, OpenAIChat, OpenAICompletion, WholeResponse
 from lib.request import GenerateRequest
-
-FORMAT_NAMES: Final = ("openai", "ui", "text")
 
 
 def requested_format(query_string: bytes) -> str | None:
@@ -32,9 +30,10 @@ def requested_format(query_string: bytes) -> str | None:
     values = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == "format"]
     if not values:
         return None
-    if len(set(values)) > 1 or values[0] not in FORMAT_NAMES:
+    if len(set(values)) > 1 or values[0] not in OUTPUT_FORMATS:
         shown = ", ".join(repr(v) for v in dict.fromkeys(values))
-        raise RequestError(f"format must be one of openai, ui, text (got {shown}).", param="format")
+        names = ", ".join(OUTPUT_FORMATS)
+        raise RequestError(f"format must be one of {names} (got {shown}).", param="format")
     return values[0]
 
 
