@@ -7,6 +7,9 @@ and ``uv.lock`` into the tree it builds. ``tests/test_vercel_build.py`` drives t
 ``python -m dev.vercel_cli bundle`` builds the working tree the same way and prints what the
 function bundle holds and weighs.
 
+``python -m dev.vercel_cli bundle --compile`` builds with ``VERCEL_PYTHON_COMPILEALL=1``:
+``@vercel/python`` then ships precompiled bytecode (``COMPILE_BYTECODE``, docs/platform.md).
+
 ``python -m dev.vercel_cli dev [ARGS]`` (``make vercel-dev``) runs ``vercel dev`` on the project:
 the CLI 64 / ``@vercel/python`` 25 pair fails every request to a Python function whose
 ``vercel.json`` entry sets ``maxDuration`` or ``memory`` (vercel/vercel#17620), so it derives
@@ -38,6 +41,10 @@ BUILD_TIMEOUT = 240.0
 DEV_CONFIG = "vercel.dev.json"
 # Function keys `vercel dev` rejects in a Python builder's output (vercel/vercel#17620).
 DEV_UNSUPPORTED = ("maxDuration", "memory")
+# The builder's opt-in (read from the build's environment): precompile every module the function
+# ships, so a cold start loads bytecode instead of compiling sources. Without it the bundle has
+# no .pyc and runs with PYTHONDONTWRITEBYTECODE=1: every cold start compiles everything it imports.
+COMPILE_BYTECODE = {"VERCEL_PYTHON_COMPILEALL": "1"}
 
 
 def require_cli() -> Path:
@@ -153,11 +160,14 @@ class Build:
         return files
 
 
-def build(tree: Path, tools_dir: Path | None = None) -> Build:
-    """Run the real ``vercel build --yes`` in ``tree`` (linked first); raise with its log."""
+def build(
+    tree: Path, tools_dir: Path | None = None, extra_env: Mapping[str, str] | None = None
+) -> Build:
+    """Run the real ``vercel build --yes`` in ``tree`` (linked first), with ``extra_env`` in the
+    build's environment (``COMPILE_BYTECODE``, say); raise with its log."""
     link_project(tree)
     tools = tools_dir or tree.parent / f"{tree.name}-bin"
-    env = cli_environ(tools)
+    env = cli_environ(tools, extra_env)
     # --global-config: the CLI's own state (telemetry ids, auth) stays out of the user's home.
     proc = subprocess.run(  # noqa: S603  # the pinned CLI, fixed arguments
         [str(require_cli()), "build", "--yes", "--global-config", str(tools / "home")],
@@ -210,7 +220,11 @@ def main(argv: list[str] | None = None) -> None:
     function bundle. ``dev``: run ``vercel dev`` on the project with the derived config."""
     parser = argparse.ArgumentParser(prog="python -m dev.vercel_cli")
     parser.add_argument("command", choices=("bundle", "dev"))
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="passed on to `vercel dev`")
+    parser.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        help="dev: passed on to `vercel dev`; bundle: --compile (with precompiled bytecode)",
+    )
     options = parser.parse_args(argv)
     if options.command == "dev":
         command = dev_command(ROOT, options.args)
@@ -218,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
         os.execve(command[0], command, env)  # noqa: S606  # the pinned CLI replaces us
     with tempfile.TemporaryDirectory(prefix="vercel-build-") as tmp:
         tree = copy_files(ROOT, clone_files(), Path(tmp) / "tree")
-        print(summarize(build(tree)))
+        extra = COMPILE_BYTECODE if "--compile" in options.args else None
+        print(summarize(build(tree, extra_env=extra)))
 
 
 if __name__ == "__main__":

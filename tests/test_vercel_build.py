@@ -10,6 +10,9 @@
 Each build's output is checked file by file, then its function is laid out as the platform
 unpacks it and started the way the platform starts it (IPC mode, ``vc__handler__python``, no
 site-packages but the bundle's ``_vendor``), and a reply is streamed through it.
+
+- **Compiled**: the local build again with ``VERCEL_PYTHON_COMPILEALL=1`` (docs/platform.md):
+  the bundle carries bytecode for every module, and the function starts from it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pytest_asyncio
 
 from dev.demo_upstream import DemoUpstream
 from dev.vercel_cli import (
+    COMPILE_BYTECODE,
     ROOT,
     Build,
     build,
@@ -232,3 +236,69 @@ async def test_built_function_refuses_get(
         assert resp.status == 405
         assert resp.headers["Allow"] == "OPTIONS, POST"
         assert (await resp.json())["error"]["type"] == "method_not_allowed"
+
+
+# --- precompiled bytecode (VERCEL_PYTHON_COMPILEALL=1) ------------------------------------------
+
+
+def bytecode_for(source: str) -> str:
+    """Where the interpreter looks for a module's bytecode (hash-based, next to the source)."""
+    folder, _, name = source.rpartition("/")
+    return f"{folder}/__pycache__/{name.removesuffix('.py')}.cpython-312.pyc"
+
+
+@pytest.fixture(scope="module")
+def compiled_build(workdir: Path, clone: list[str]) -> Build:
+    return build(copy_files(ROOT, clone, workdir / "compiled"), extra_env=COMPILE_BYTECODE)
+
+
+def test_a_default_build_compiles_every_module_at_every_cold_start(local_build: Build) -> None:
+    """Why the flag matters: no bytecode in the bundle, and none may be written at run time."""
+    assert [name for name in local_build.bundle() if name.endswith(".pyc")] == []
+    assert local_build.vc_config()["environment"]["PYTHONDONTWRITEBYTECODE"] == "1"  # type: ignore[index]
+
+
+def test_a_compiled_build_ships_bytecode_for_every_module(compiled_build: Build) -> None:
+    bundle = compiled_build.bundle()
+    ours = [name for name in bundle if name.endswith(".py") and name.startswith(("api/", "lib/"))]
+    aiohttp_sources = [name for name in bundle if re.fullmatch(r"_vendor/aiohttp/\w+\.py", name)]
+    assert "lib/handler.py" in ours
+    assert "_vendor/aiohttp/client.py" in aiohttp_sources
+    missing = [name for name in ours + aiohttp_sources if bytecode_for(name) not in bundle]
+    assert missing == []
+
+
+@pytest.fixture(scope="module")
+def compiled_function(
+    compiled_build: Build, workdir: Path, served_upstream: tuple[DemoUpstream, str]
+) -> Iterator[IpcRuntime]:
+    """The compiled function with every source of ours made unreadable as Python: it can only
+    start from its bytecode (the builder writes unchecked hash-based .pyc, valid whatever the
+    source holds or its mtime after unpacking)."""
+    unpacked = materialize(compiled_build, workdir / "unpacked-compiled")
+    for source in [unpacked / "api" / "generate.py", *(unpacked / "lib").glob("*.py")]:
+        source.write_text("this is not python\n")
+    python = Path(cli_environ(workdir / "run-bin")["PATH"].split(":", 1)[0]) / "python3"
+    config = compiled_build.vc_config()
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **config["environment"]}  # type: ignore[dict-item]
+    env |= {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": served_upstream[1]}
+    command = [str(python), "-S", "-c", "import vc__handler__python"]
+    with ipc_runtime(root=unpacked, command=command, environ=env) as started:
+        yield started
+
+
+@on_module_loop
+async def test_a_compiled_function_starts_from_its_bytecode(
+    compiled_function: IpcRuntime, served_upstream: tuple[DemoUpstream, str]
+) -> None:
+    demo, _ = served_upstream
+    url = compiled_function.base_url + "/api/generate"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, json={"prompt": "Say hello"}) as resp,
+    ):
+        assert resp.status == 200
+        events = [data async for data in sse_data(resp.content)]
+    assert events[-1] == "[DONE]"
+    text = "".join(json.loads(data)["choices"][0]["text"] for data in events[:-1])
+    assert text == demo.reply
