@@ -69,7 +69,7 @@ bench: $(STAMP)
 
 # Build the working tree with the real `vercel build` (offline) and print the function bundle.
 bundle: $(STAMP) deps-vercel
-	$(BIN)/python -m dev.vercel_cli bundle
+	$(BIN)/python -m dev.vercel_cli bundle $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules $(JS)/node_modules $(VC)/node_modules
