@@ -671,7 +671,8 @@ def vercel_max_duration(root: Path = PROJECT_ROOT, function: str = FUNCTION_FILE
 
 def _protection(env: Mapping[str, str], values: dict[Group, dict[str, Any]]) -> Protection:
     protection, jwt = values["protection"], values["jwt"]
-    if "TRUST_PROXY_HEADER" not in env and env.get("VERCEL", "").strip() == "1":
+    unset = not env.get("TRUST_PROXY_HEADER", "").strip()
+    if unset and env.get("VERCEL", "").strip() == "1":
         # On Vercel the edge overwrites this header with the caller's address (docs/protection.md).
         protection["trust_proxy_header"] = "x-vercel-forwarded-for"
     if jwt["secret"] is None and jwt["jwks_url"] is None:

@@ -201,6 +201,8 @@ def test_the_ipv6_prefix_is_a_setting() -> None:
 
 def test_vercel_is_detected_for_the_trusted_header() -> None:
     assert load_protection({"VERCEL": "1"}).trust_proxy_header == "x-vercel-forwarded-for"
+    blank = {"VERCEL": "1", "TRUST_PROXY_HEADER": " "}  # blank is unset, as for every variable
+    assert load_protection(blank).trust_proxy_header == "x-vercel-forwarded-for"
     assert load_protection({}).trust_proxy_header is None
     assert load_protection({"VERCEL": "1", "TRUST_PROXY_HEADER": "none"}).trust_proxy_header is None
 
