@@ -69,9 +69,12 @@ async def ab(args: argparse.Namespace) -> None:
     events = upstream_events(args.shape, 200)
     subjects = [
         ("passthrough", ROOT, "passthrough", "", chat_body(**extra)),
-        ("base", Path(args.base).resolve(), "function", args.query, fn_body),
-        ("head", Path(args.head).resolve(), "function", args.query, fn_body),
+        ("base", Path(args.base), "function", args.query, fn_body),
+        ("head", Path(args.head), "function", args.query, fn_body),
     ]
+    for spec in args.variant:
+        name, _, tree = spec.partition("=")
+        subjects.append((name, Path(tree), "function", args.query, fn_body))
     runs: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in subjects}
     try:
         for rnd in range(args.rounds):
@@ -83,16 +86,25 @@ async def ab(args: argparse.Namespace) -> None:
             print(f"round {rnd + 1}: CPU s/100k {last}", flush=True)
     finally:
         upstream.stop()
-    print(f"{args.streams} paced streams, {args.rounds} rounds, query {args.query!r}, "
-          f"body {args.body}, shape {args.shape}")
+    print(
+        f"{args.streams} paced streams, {args.rounds} rounds, query {args.query!r}, "
+        f"body {args.body}, shape {args.shape}"
+    )
     for name, r in runs.items():
         errors = sum(x["errors"] for x in r)
-        print(f"  {name:12} CPU s/100k {_fmt([x['cpu'] for x in r])}  "
-              f"KiB/stream {_fmt([x['rss'] for x in r])}  errors {errors:g}")
-    for a, b in (("head", "base"), ("head", "passthrough"), ("base", "passthrough")):
+        print(
+            f"  {name:12} CPU s/100k {_fmt([x['cpu'] for x in r])}  "
+            f"KiB/stream {_fmt([x['rss'] for x in r])}  errors {errors:g}"
+        )
+    others = [name for name, *_ in subjects if name not in ("passthrough", "base")]
+    pairs = [(name, "base") for name in others] + [(name, "passthrough") for name in others]
+    for a, b in [*pairs, ("base", "passthrough")]:
         for metric in ("cpu", "rss"):
-            ratios = [x[metric] / y[metric] for x, y in zip(runs[a], runs[b], strict=True)
-                      if y[metric] > 0]
+            ratios = [
+                x[metric] / y[metric]
+                for x, y in zip(runs[a], runs[b], strict=True)
+                if y[metric] > 0
+            ]
             if ratios:
                 print(f"  {metric} {a}/{b}: {_fmt(ratios)}")
 
@@ -101,12 +113,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="A/B the function of two trees, paced")
     parser.add_argument("base", help="the other tree (e.g. git archive of the commit before)")
     parser.add_argument("--head", default=str(ROOT), help="the tree to compare (default: this)")
+    parser.add_argument(
+        "--variant", action="append", default=[], help="NAME=DIR: one more tree to compare"
+    )
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--query", default="", help="e.g. ?format=ui")
     parser.add_argument("--body", choices=("chat", "prompt"), default="chat")
     parser.add_argument("--shape", choices=("text", *SHAPES), default="text")
     args = parser.parse_args(argv)
+    args.base, args.head = (str(Path(p).resolve()) for p in (args.base, args.head))
+    specs = (v.partition("=") for v in args.variant)
+    args.variant = [f"{name}={Path(tree).resolve()}" for name, _, tree in specs]
     raise_fd_limit()
     fast_loop_policy()
     t0 = time.monotonic()

@@ -153,38 +153,51 @@ async def _pump(
     log: RequestLog,
     clock: StreamClock,
 ) -> None:
-    """Read, feed the translator, write, until the stream ends or a limit expires."""
+    """Read, feed the translator, write, until the stream ends or a limit expires.
+
+    At real pacing every event is its own read, so this loop's fixed costs are paid per event:
+    the clock is read once after a read and once after a write (each reading serves the next
+    step too), and the buffer is looked at without waiting only after a read that returned
+    data (after a wait it is always empty)."""
     time = asyncio.get_running_loop().time
     said = translator.said
+    feed = translator.feed
+    write = exchange.write
+    now = time()
+    more = False  # the last read returned data: more may have arrived while it was relayed
     while not said.done:
         wake = clock.wake()
         # Bytes already buffered need no timer: a timeout per read costs more than relaying
         # a small event does. A read that has to wait gets the clock's next wake-up.
-        chunk = stream.read_buffered() if time() < wake else b""
+        chunk = stream.read_buffered() if more and now < wake else b""
         try:
             if not chunk:
                 chunk = await stream.read_before(wake)
         except TimeoutError:
-            expired = clock.expired(time())
+            now = time()
+            expired = clock.expired(now)
             if expired is not None:
                 raise expired from None
             ping = translator.keepalive()
             if ping:
-                await exchange.write(ping)
-            clock.wrote(time())
+                await write(ping)
+                now = time()
+            clock.last_write = now
+            more = False
             continue
         if not chunk:
             translator.end()
             return
-        clock.data(time())
+        now = clock.last_data = time()
+        more = True
         if log.first_upstream_byte_ms is None:
-            log.first_upstream_byte_ms = clock.ms(clock.last_data)
-        out, failure = translator.feed(chunk)
+            log.first_upstream_byte_ms = clock.ms(now)
+        out, failure = feed(chunk)
         if out:
-            await exchange.write(out)
-            clock.wrote(time())
+            await write(out, now)
+            now = clock.last_write = time()
             if log.first_event_ms is None:
-                log.first_event_ms = clock.ms(clock.last_write)
+                log.first_event_ms = clock.ms(now)
         if failure is not None:
             raise failure
 
