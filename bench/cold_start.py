@@ -42,6 +42,24 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": b"ok"})
 """
 
+# The pass-through (bench/passthrough.py: aiohttp, one shared session) with a GET answered
+# 405 on the spot, as our function answers it: the cold start a relay needs at the least.
+PASSTHROUGH_APP = (
+    (ROOT / "bench" / "passthrough.py").read_text()
+    + """
+
+_relay = app
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "http" and scope["method"] != "POST":
+        await send({"type": "http.response.start", "status": 405, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await _relay(scope, receive, send)
+"""
+)
+
 TIMED_IMPORT = (
     "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
 )
@@ -123,14 +141,17 @@ def main() -> None:
         bare_root = Path(tmp)
         (bare_root / "api").mkdir()
         (bare_root / "api" / "bare.py").write_text(BARE_APP)
+        (bare_root / "api" / "passthrough.py").write_text(PASSTHROUGH_APP)
 
         imports: dict[str, Callable[[], float]] = {
             "api.generate": lambda: import_seconds(ROOT, "api.generate"),
             "aiohttp alone": lambda: import_seconds(ROOT, "aiohttp"),
+            "pass-through": lambda: import_seconds(bare_root, "api.passthrough"),
             "bare ASGI app": lambda: import_seconds(bare_root, "api.bare"),
         }
         spawns: dict[str, Callable[[], tuple[float, dict[str, Any]]]] = {
             "api/generate.py": lambda: first_answer_seconds(ROOT, "api/generate.py"),
+            "pass-through": lambda: first_answer_seconds(bare_root, "api/passthrough.py"),
             "bare ASGI app": lambda: first_answer_seconds(bare_root, "api/bare.py"),
         }
         import_samples: dict[str, list[float]] = {name: [] for name in imports}
@@ -160,6 +181,14 @@ def main() -> None:
         },
         "importtime_api_generate": profile,
     }
+    imports_ms, spawns_ms = (
+        result["import_wall_ms_median"],
+        result["spawn_to_first_answer_ms_median"],
+    )
+    result["function_vs_passthrough"] = {
+        "import": round(imports_ms["api.generate"] / imports_ms["pass-through"], 2),
+        "spawn_to_first_answer": round(spawns_ms["api/generate.py"] / spawns_ms["pass-through"], 2),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -171,6 +200,11 @@ def main() -> None:
     for name, value in result["spawn_to_first_answer_ms_median"].items():
         init = result["runtime_reported_ms_median"][name]
         print(f"  {name:<40}{value:>8.1f}   {init['initDuration']} / {init['userInitDuration']}")
+    ratios = result["function_vs_passthrough"]
+    print(
+        f"function / pass-through: import {ratios['import']}x, "
+        f"spawn to first answer {ratios['spawn_to_first_answer']}x"
+    )
     print(f"-X importtime api.generate: {profile['total_ms']:.1f} ms cumulative; heaviest:")
     for row in profile["top"]:
         print(f"  {row['module']:<40}{row['cumulative_ms']:>8.1f}")

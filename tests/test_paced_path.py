@@ -4,14 +4,23 @@ write and say exactly what the general path does with the same events."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 
+import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from lib.aisdk import TextStream, UIMessageStream
+from lib.asgi import Exchange
+from lib.clock import StreamClock
 from lib.formats import Format, OpenAIChat, OpenAICompletion, WholeResponse
+from lib.log import RequestLog
+from lib.relay import relay
 from lib.sse import SSEDecoder
 from lib.translate import Translator
+from lib.upstream import UpstreamStream
 from tests.test_fast_path import BEYOND_TEXT, STREAM
 
 MAKERS: list[Callable[[], Format]] = [
@@ -102,3 +111,70 @@ def test_single_respects_the_line_limit() -> None:
     chunk = b"data: " + b"x" * 100 + b"\n\n"
     assert SSEDecoder(max_line_bytes=50).single(chunk) is None
     assert SSEDecoder(max_line_bytes=200).single(chunk) == "x" * 100
+
+
+CHAT = (
+    '{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+    '"choices":[{"index":0,"delta":{"content":"tok%d"},"finish_reason":null}]}'
+)
+
+
+async def test_a_backlog_is_relayed_in_slices_with_the_loop_let_through(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    """A read much bigger than one event (an upstream faster than its caller, a busy instance)
+    is relayed in slices, and other tasks (other streams, a new request) run between them
+    instead of waiting for all of it; the caller still gets every byte, in order."""
+    burst = b"".join(b"data: " + (CHAT % i).encode() + b"\n\n" for i in range(700))
+    burst += b"data: [DONE]\n\n"
+    assert 64 * 1024 < len(burst) < 128 * 1024  # several slices; within aiohttp's read buffer
+
+    async def upstream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(burst)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", upstream)
+    server = await aiohttp_server(app)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    writes: list[tuple[int, bytes]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.body":
+            writes.append((ticks, message["body"]))  # type: ignore[arg-type]
+
+    async def receive() -> dict[str, object]:
+        await asyncio.Event().wait()  # the caller never goes away
+        return {}
+
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(server.make_url("/"))
+        # The whole burst is in the client's buffer first (aiohttp has no event for that).
+        while response.content.total_bytes < len(burst):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        stream = UpstreamStream(response)
+        loop = asyncio.get_running_loop()
+        clock = StreamClock(
+            started=loop.time(), cut_at=None, idle=30, keepalive=15, longest=None, write_stall=30
+        )
+        translator = Translator(OpenAIChat(include_usage=False))
+        exchange = Exchange({"type": "http", "headers": []}, receive, send)  # type: ignore[arg-type]
+        running = asyncio.create_task(ticker())
+        try:
+            async with exchange:
+                await relay(stream, translator, exchange, RequestLog("r"), clock, [])
+        finally:
+            running.cancel()
+    body = [(seen, data) for seen, data in writes if data and data != b"data: [DONE]\n\n"]
+    assert b"".join(data for _, data in body) == burst.removesuffix(b"data: [DONE]\n\n")
+    assert len(body) >= 3  # 32 KiB slices
+    assert body[-1][0] > body[0][0]  # the ticker ran while the backlog was being relayed
