@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lib import responses
 from lib.asgi import (
     ClientDisconnected,
     ClientStalled,
@@ -57,10 +56,12 @@ from lib.request import (
     safety_identifier,
 )
 from lib.resilience import open_upstream
-from lib.responses_upstream import ResponsesUpstream, build_responses_request
 from lib.upstream import UpstreamClient
 
 ALLOW = b"OPTIONS, POST"
+# lib.responses.ROUTE, spelled here: lib.responses and lib.responses_upstream are imported only
+# when a Responses request (or UPSTREAM_API=responses) needs them (cold start, issue 15).
+RESPONSES_ROUTE = "responses"
 V1_ALLOW = b"GET, OPTIONS"
 
 
@@ -215,7 +216,7 @@ class GenerateHandler:
         started: float,
     ) -> None:
         route = v1_route(exchange.scope.get("query_string", b""))
-        if route is not None and route[0] != responses.ROUTE:
+        if route is not None and route[0] != RESPONSES_ROUTE:
             await self._v1(exchange, *route, id_header)
             return
         method = exchange.scope.get("method", "")
@@ -236,6 +237,8 @@ class GenerateHandler:
         raw = await exchange.read_body(body_limit(settings), settings.body_read_timeout)
         fmt: Format
         if route is not None:  # /api/v1/responses (lib/responses.py)
+            from lib import responses
+
             request, fmt = responses.parse(raw, settings, query, int(time.time()))
         else:
             request = parse_body(raw, settings, stream_default=not v1_semantics(query))
@@ -250,6 +253,8 @@ class GenerateHandler:
             secret = settings.protection.auth_signing_secret
             safety_id = safety_identifier(caller.client_id, secret)
         if settings.upstream_api == "responses":
+            from lib.responses_upstream import build_responses_request
+
             upstream_request = build_responses_request(request, settings, safety_id=safety_id)
         else:
             upstream_request = build_upstream_request(request, settings, safety_id=safety_id)
@@ -308,6 +313,8 @@ class GenerateHandler:
                     "The upstream did not answer before the function's time limit."
                 ) from None
             if upstream_request.endpoint == "responses":
+                from lib.responses_upstream import ResponsesUpstream
+
                 stream = ResponsesUpstream(stream, settings.max_line_bytes)
             clock = clock_for(settings, started=started, cut_at=cut_at)
             translator = translator_for(fmt, settings)
