@@ -20,6 +20,7 @@ import http.client
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,24 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": b"ok"})
 """
 
+# The pass-through (bench/passthrough.py: aiohttp, one shared session) with a GET answered
+# 405 on the spot, as our function answers it: the cold start a relay needs at the least.
+PASSTHROUGH_APP = (
+    (ROOT / "bench" / "passthrough.py").read_text()
+    + """
+
+_relay = app
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "http" and scope["method"] != "POST":
+        await send({"type": "http.response.start", "status": 405, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await _relay(scope, receive, send)
+"""
+)
+
 TIMED_IMPORT = (
     "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
 )
@@ -50,6 +69,7 @@ TIMED_IMPORT = (
 def import_seconds(root: Path, module: str) -> float:
     """Wall time of `import module` in a fresh interpreter (interpreter start excluded)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # as on Vercel (a read-only bundle): nothing is cached
     out = subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
         [sys.executable, "-c", TIMED_IMPORT.format(module=module)],
         cwd=root,
@@ -64,6 +84,7 @@ def import_seconds(root: Path, module: str) -> float:
 def importtime(root: Path, module: str) -> dict[str, Any]:
     """Parse `-X importtime`: the module's cumulative time and its heaviest direct imports."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # as on Vercel (a read-only bundle): nothing is cached
     out = subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
         [sys.executable, "-X", "importtime", "-c", f"import {module}"],
         cwd=root,
@@ -98,7 +119,8 @@ def importtime(root: Path, module: str) -> dict[str, Any]:
 def first_answer_seconds(root: Path, entrypoint: str) -> tuple[float, dict[str, Any]]:
     """From spawning the runtime to the first response's last byte; and what it reported."""
     started = time.perf_counter()
-    with ipc_runtime(root, entrypoint, env={"PYTHONPATH": str(root)}) as runtime:
+    env = {"PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
+    with ipc_runtime(root, entrypoint, env=env) as runtime:
         connection = http.client.HTTPConnection("127.0.0.1", runtime.port, timeout=30)
         connection.request("GET", "/" + entrypoint.removesuffix(".py"))
         response = connection.getresponse()
@@ -106,6 +128,22 @@ def first_answer_seconds(root: Path, entrypoint: str) -> tuple[float, dict[str, 
         elapsed = time.perf_counter() - started
         connection.close()
         return elapsed, dict(runtime.started["payload"])
+
+
+def compiled_copy(target: Path) -> Path:
+    """The function's files with their bytecode compiled in (hash-checked ``.pyc``, valid
+    whatever the timestamps), as Vercel's builder ships them with ``VERCEL_PYTHON_COMPILEALL=1``
+    in the build environment; by default it ships sources only, and with the bundle read-only
+    every cold start compiles ``lib/`` again. The installed packages have theirs either way."""
+    for name in ("api", "lib"):
+        shutil.copytree(ROOT / name, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("vercel.json", "requirements.txt"):
+        shutil.copy2(ROOT / name, target / name)
+    command = [sys.executable, "-m", "compileall", "-q", "--invalidation-mode", "checked-hash"]
+    subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
+        [*command, str(target / "api"), str(target / "lib")], check=True
+    )
+    return target
 
 
 def median_ms(samples: list[float]) -> float:
@@ -123,14 +161,20 @@ def main() -> None:
         bare_root = Path(tmp)
         (bare_root / "api").mkdir()
         (bare_root / "api" / "bare.py").write_text(BARE_APP)
+        (bare_root / "api" / "passthrough.py").write_text(PASSTHROUGH_APP)
+        compiled = compiled_copy(bare_root / "compiled")
 
         imports: dict[str, Callable[[], float]] = {
             "api.generate": lambda: import_seconds(ROOT, "api.generate"),
+            "api.generate, bytecode": lambda: import_seconds(compiled, "api.generate"),
             "aiohttp alone": lambda: import_seconds(ROOT, "aiohttp"),
+            "pass-through": lambda: import_seconds(bare_root, "api.passthrough"),
             "bare ASGI app": lambda: import_seconds(bare_root, "api.bare"),
         }
         spawns: dict[str, Callable[[], tuple[float, dict[str, Any]]]] = {
             "api/generate.py": lambda: first_answer_seconds(ROOT, "api/generate.py"),
+            "api/generate.py, bytecode": lambda: first_answer_seconds(compiled, "api/generate.py"),
+            "pass-through": lambda: first_answer_seconds(bare_root, "api/passthrough.py"),
             "bare ASGI app": lambda: first_answer_seconds(bare_root, "api/bare.py"),
         }
         import_samples: dict[str, list[float]] = {name: [] for name in imports}
@@ -160,6 +204,20 @@ def main() -> None:
         },
         "importtime_api_generate": profile,
     }
+    imports_ms, spawns_ms = (
+        result["import_wall_ms_median"],
+        result["spawn_to_first_answer_ms_median"],
+    )
+    result["function_vs_passthrough"] = {
+        "import": round(imports_ms["api.generate"] / imports_ms["pass-through"], 2),
+        "import, bytecode": round(
+            imports_ms["api.generate, bytecode"] / imports_ms["pass-through"], 2
+        ),
+        "spawn_to_first_answer, bytecode": round(
+            spawns_ms["api/generate.py, bytecode"] / spawns_ms["pass-through"], 2
+        ),
+        "spawn_to_first_answer": round(spawns_ms["api/generate.py"] / spawns_ms["pass-through"], 2),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -171,6 +229,12 @@ def main() -> None:
     for name, value in result["spawn_to_first_answer_ms_median"].items():
         init = result["runtime_reported_ms_median"][name]
         print(f"  {name:<40}{value:>8.1f}   {init['initDuration']} / {init['userInitDuration']}")
+    ratios = result["function_vs_passthrough"]
+    print(
+        f"function / pass-through: import {ratios['import']}x, "
+        f"spawn to first answer {ratios['spawn_to_first_answer']}x; with bytecode: "
+        f"{ratios['import, bytecode']}x, {ratios['spawn_to_first_answer, bytecode']}x"
+    )
     print(f"-X importtime api.generate: {profile['total_ms']:.1f} ms cumulative; heaviest:")
     for row in profile["top"]:
         print(f"  {row['module']:<40}{row['cumulative_ms']:>8.1f}")

@@ -62,7 +62,15 @@ def rss_bytes(pid: int) -> int:
 class Server:
     """A server process of ours that prints ``READY <url>`` once it listens."""
 
-    def __init__(self, args: list[str], *, log: Path | None = None, timeout: float = 30) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        *,
+        log: Path | None = None,
+        timeout: float = 30,
+        root: Path = ROOT,
+    ) -> None:
+        """``root``: the tree whose modules the process runs (another checkout, for an A/B)."""
         extra = os.environ.get("PYTHONPATH", "")
         stderr = None
         if log is not None:
@@ -70,8 +78,8 @@ class Server:
             stderr = log.open("ab")
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
             [sys.executable, *args],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), extra]))},
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), extra]))},
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,

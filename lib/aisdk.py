@@ -85,13 +85,14 @@ def ai_sdk_finish_reason(reason: str | None) -> str:
 class _ToolCall:
     """One streamed tool call, assembled from its fragments."""
 
-    __slots__ = ("arguments", "id", "name", "started")
+    __slots__ = ("arguments", "delta_head", "id", "name", "started")
 
     def __init__(self, call_id: str) -> None:
         self.id = call_id
         self.name = ""
         self.arguments: list[str] = []
         self.started = False
+        self.delta_head = b""  # its tool-input-delta event up to the text, encoded once
 
 
 def reasoning_of(delta: dict[str, Any]) -> str:
@@ -114,6 +115,7 @@ class UIMessageStream:
         self._text_open = False
         self._reasoning_open = False
         self._reasoning_parts = 0
+        self._reasoning_head: bytes | None = None  # reasoning-delta up to the text, this part's
         self._finish: str | None = None
         self._calls: dict[int, _ToolCall] = {}
 
@@ -163,6 +165,7 @@ class UIMessageStream:
         self._reasoning_open = False
         end = encode_json({"type": "reasoning-end", "id": self._reasoning_id})
         self._reasoning_parts += 1
+        self._reasoning_head = None
         return end
 
     def _text(self, text: str) -> bytes:
@@ -260,13 +263,19 @@ class UIMessageStream:
             if not text:
                 return b""
             call.arguments.append(text)
-            part = {"type": "tool-input-delta", "toolCallId": call.id, "inputTextDelta": text}
-            return encode_json(part)
+            if not call.delta_head:
+                part = {"type": "tool-input-delta", "toolCallId": call.id, "inputTextDelta": ""}
+                call.delta_head = _head_of(part)
+            return _spliced(call.delta_head, text)
         if not self._reasoning_open:
             return None  # the first thought also opens the reasoning part: chunk() does that
         if not text:
             return b""
-        return encode_json({"type": "reasoning-delta", "id": self._reasoning_id, "delta": text})
+        head = self._reasoning_head
+        if head is None:
+            part = {"type": "reasoning-delta", "id": self._reasoning_id, "delta": ""}
+            head = self._reasoning_head = _head_of(part)
+        return _spliced(head, text)
 
     def _end(self, finish_reason: str) -> bytes:
         out = self._close_reasoning()
@@ -292,6 +301,23 @@ class UIMessageStream:
 
 _TEXT_DELTA_HEAD = b'data: {"type":"text-delta","id":"' + TEXT_ID.encode() + b'","delta":"'
 _TEXT_DELTA_TAIL = b'"}\n\n'
+
+
+def _head_of(part: dict[str, str]) -> bytes:
+    """``encode_json(part)`` up to its last member, an empty string, and that string's opening
+    quote: the fast path's deltas splice their text in there, once per part, not a dict and an
+    encoding per delta."""
+    whole = encode_json(part)
+    assert whole.endswith(_TEXT_DELTA_TAIL)
+    return whole[: -len(_TEXT_DELTA_TAIL)]
+
+
+def _spliced(head: bytes, text: str) -> bytes:
+    """What ``encode_json`` gives for the part with ``text`` as its last member: the fast path's
+    text has no quote, backslash or control character, so its JSON form is itself with
+    non-ASCII escaped."""
+    escaped = text if text.isascii() else json.dumps(text)[1:-1]
+    return head + escaped.encode("ascii") + _TEXT_DELTA_TAIL
 
 
 class TextStream:

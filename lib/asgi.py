@@ -86,6 +86,24 @@ def check_json_content_type(scope: Scope) -> None:
 class Exchange:
     """One request and its response, as the handler sees them."""
 
+    __slots__ = (  # one per open stream: no instance dict (issue 15, memory per stream)
+        "_body_read",
+        "_receive",
+        "_send",
+        "_target",
+        "_time",
+        "_watcher",
+        "_write_bound",
+        "_write_timer",
+        "_writing_since",
+        "bytes_sent",
+        "disconnected",
+        "scope",
+        "stalled",
+        "started",
+        "status",
+    )
+
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
         self._receive = receive
@@ -101,6 +119,7 @@ class Exchange:
         self._writing_since: float | None = None
         self._write_bound: WriteBound | None = None
         self._write_timer: asyncio.TimerHandle | None = None
+        self._time: Callable[[], float] | None = None  # the loop's clock, once it is known
 
     async def read_body(self, limit: int, time_limit: float | None = None) -> bytes:
         """The whole body; ``BodyTooLarge`` the moment it passes ``limit``, ``RequestTimeout``
@@ -206,8 +225,10 @@ class Exchange:
 
     def _clock(self) -> float:
         """The loop's clock (the watchdog's), looked up once per exchange, not once per write."""
-        self._clock = clock = asyncio.get_running_loop().time  # type: ignore[method-assign]
-        return clock()
+        time = self._time
+        if time is None:
+            time = self._time = asyncio.get_running_loop().time
+        return time()
 
     async def _watch(self, target: asyncio.Task[Any]) -> None:
         while True:
@@ -227,10 +248,12 @@ class Exchange:
         message = {"type": "http.response.start", "status": status, "headers": headers}
         await self._send_timed(message)
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, now: float | None = None) -> None:
+        """One body write; ``now``: the loop's time if the caller just read it (the pump does),
+        so the watchdog's start of the write costs no second clock read."""
         # The stream's hot path (one call per relayed read): _send_timed inlined, one frame less.
         self.bytes_sent += len(data)
-        self._writing_since = self._clock()
+        self._writing_since = self._clock() if now is None else now
         try:
             await self._send({"type": "http.response.body", "body": data, "more_body": True})
         finally:

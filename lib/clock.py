@@ -60,10 +60,18 @@ class StreamClock:
         return cut if too_long is None else min(cut, too_long)
 
     def wake(self) -> float:
-        """When the next limit or keep-alive falls due."""
-        wake = min(self.last_data + self.idle, self.last_write + self.keepalive)
-        end = self.ends_at()
-        return wake if end is None else min(wake, end)
+        """When the next limit or keep-alive falls due (the pump asks before every read: no
+        ``min()`` calls, no method call)."""
+        wake = self.last_data + self.idle
+        ping = self.last_write + self.keepalive
+        if ping < wake:
+            wake = ping
+        cut, too_long = self.cut_at, self.too_long_at
+        if cut is not None and cut < wake:
+            wake = cut
+        if too_long is not None and too_long < wake:
+            wake = too_long
+        return wake
 
     def data(self, now: float) -> None:
         """The upstream sent something."""

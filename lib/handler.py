@@ -16,7 +16,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from lib import responses
 from lib.asgi import (
     App,
     ClientDisconnected,
@@ -48,11 +47,13 @@ from lib.negotiate import check_fit, choose_format, requested_format, v1_route, 
 from lib.relay import clock_for, relay, relay_whole, translator_for
 from lib.request import UpstreamRequest, build_upstream_request, parse_body, safety_identifier
 from lib.resilience import open_upstream
-from lib.responses_upstream import ResponsesUpstream, build_responses_request
 from lib.retry import Target
 from lib.upstream import UpstreamClient
 
 ALLOW = b"OPTIONS, POST"
+# lib.responses.ROUTE, spelled here: lib.responses and lib.responses_upstream are imported only
+# when a Responses request (or UPSTREAM_API=responses) needs them (cold start, issue 15).
+RESPONSES_ROUTE = "responses"
 V1_ALLOW = b"GET, OPTIONS"
 
 
@@ -184,7 +185,7 @@ class GenerateHandler:
         started: float,
     ) -> None:
         route = v1_route(exchange.scope.get("query_string", b""))
-        if route is not None and route[0] != responses.ROUTE:
+        if route is not None and route[0] != RESPONSES_ROUTE:
             await self._v1(exchange, *route)
             return
         method = exchange.scope.get("method", "")
@@ -207,6 +208,8 @@ class GenerateHandler:
         raw = await exchange.read_body(limits.body_limit, limits.body_read_timeout)
         fmt: Format
         if route is not None:  # /api/v1/responses (lib/responses.py)
+            from lib import responses
+
             request, fmt = responses.parse(raw, limits, query, int(time.time()))
         else:
             request = parse_body(raw, limits, stream_default=not v1_semantics(query))
@@ -221,6 +224,8 @@ class GenerateHandler:
             secret = settings.protection.auth_signing_secret
             safety_id = safety_identifier(caller.client_id, secret)
         if settings.upstream.api == "responses":
+            from lib.responses_upstream import build_responses_request
+
             upstream_request = build_responses_request(
                 request, settings.upstream, safety_id=safety_id
             )
@@ -275,6 +280,8 @@ class GenerateHandler:
                     "The upstream did not answer before the function's time limit."
                 ) from None
             if upstream_request.endpoint == "responses":
+                from lib.responses_upstream import ResponsesUpstream
+
                 stream = ResponsesUpstream(stream, upstream.max_line_bytes)
             clock = clock_for(limits, idle=upstream.idle_timeout, started=started, cut_at=cut_at)
             translator = translator_for(fmt, upstream, limits)

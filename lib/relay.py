@@ -133,38 +133,65 @@ async def _pump(
     log: RequestLog,
     clock: StreamClock,
 ) -> None:
-    """Read, feed the translator, write, until the stream ends or a limit expires."""
+    """Read, feed the translator, write, until the stream ends or a limit expires.
+
+    At real pacing every event is its own read, so this loop's fixed costs are paid per event:
+    the clock is read once after a read and once after a write (each reading serves the next
+    step too), and the buffer is looked at without waiting only after a read that returned
+    data (after a wait it is always empty). A read bigger than 32 KiB (a backlog:
+    the upstream is faster than the caller, or the instance is busy) is relayed in slices with
+    the event loop let through in between, so that one fast stream cannot hold up every other
+    stream and a new request's first byte for the whole of it."""
     time = asyncio.get_running_loop().time
     said = translator.said
+    feed = translator.feed
+    write = exchange.write
+    now = time()
+    more = False  # the last read returned data: more may have arrived while it was relayed
+    backlog = b""  # the rest of a read too big for one step
+    # At most this much of one read is relayed per step of the event loop (about 170 events of
+    # a chat stream, under a millisecond of work); at real pacing a read is one event.
+    slice_bytes = 32 * 1024
     while not said.done:
-        wake = clock.wake()
-        # Bytes already buffered need no timer: a timeout per read costs more than relaying
-        # a small event does. A read that has to wait gets the clock's next wake-up.
-        chunk = stream.read_buffered() if time() < wake else b""
-        try:
+        if backlog:
+            await asyncio.sleep(0)  # the other tasks run first
+            chunk, backlog = backlog[:slice_bytes], backlog[slice_bytes:]
+            now = time()
+        else:
+            wake = clock.wake()
+            # Bytes already buffered need no timer: a timeout per read costs more than relaying
+            # a small event does. A read that has to wait gets the clock's next wake-up.
+            chunk = stream.read_buffered() if more and now < wake else b""
+            try:
+                if not chunk:
+                    chunk = await stream.read_before(wake)
+            except TimeoutError:
+                now = time()
+                expired = clock.expired(now)
+                if expired is not None:
+                    raise expired from None
+                ping = translator.keepalive()
+                if ping:
+                    await write(ping)
+                    now = time()
+                clock.last_write = now
+                more = False
+                continue
             if not chunk:
-                chunk = await stream.read_before(wake)
-        except TimeoutError:
-            expired = clock.expired(time())
-            if expired is not None:
-                raise expired from None
-            ping = translator.keepalive()
-            if ping:
-                await exchange.write(ping)
-            clock.wrote(time())
-            continue
-        if not chunk:
-            translator.end()
-            return
-        clock.data(time())
-        if log.first_upstream_byte_ms is None:
-            log.first_upstream_byte_ms = clock.ms(clock.last_data)
-        out, failure = translator.feed(chunk)
+                translator.end()
+                return
+            now = clock.last_data = time()
+            more = True
+            if log.first_upstream_byte_ms is None:
+                log.first_upstream_byte_ms = clock.ms(now)
+            if len(chunk) > slice_bytes:
+                chunk, backlog = chunk[:slice_bytes], chunk[slice_bytes:]
+        out, failure = feed(chunk)
         if out:
-            await exchange.write(out)
-            clock.wrote(time())
+            await write(out, now)
+            now = clock.last_write = time()
             if log.first_event_ms is None:
-                log.first_event_ms = clock.ms(clock.last_write)
+                log.first_event_ms = clock.ms(now)
         if failure is not None:
             raise failure
 

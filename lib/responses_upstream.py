@@ -317,6 +317,8 @@ class ResponsesUpstream(UpstreamStream):
         self._convert = ChunksFromResponses()
         self._over = False
 
+    read_before = UpstreamStream._read_before_via_read  # through read() below, not readany
+
     async def read(self) -> bytes:
         while not self._over:
             raw = await self._inner.read()

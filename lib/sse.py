@@ -149,6 +149,26 @@ class SSEDecoder:
             self._overflow()
         return self._process(lines) if lines else []
 
+    def single(self, chunk: bytes) -> str | None:
+        """The data of ``chunk`` when it is exactly one whole event of one ``data: `` line (LF
+        only) and nothing is buffered before it: what :meth:`feed` would return as one event's
+        ``data``, with the decoder left as ``feed`` would leave it. None for anything else
+        (then call :meth:`feed`). At real pacing nearly every read is one such event."""
+        if (
+            self._parts
+            or self._data
+            or self._in_event
+            or self._after_cr
+            or not chunk.startswith(b"data: ")
+            or chunk.find(b"\n") != len(chunk) - 2
+            or not chunk.endswith(b"\n\n")
+            or b"\r" in chunk
+            or len(chunk) > self._max
+        ):
+            return None
+        self._bom_checked = True  # it starts with "data: ", not with a BOM
+        return chunk[6:-2].decode("utf-8", "replace")
+
     def _simple(self, buf: bytes) -> list[Event] | None:
         """The common case in one pass: whole events of one ``data: `` line each, LF only, and
         nothing buffered before them; None for anything else (the line-by-line path)."""

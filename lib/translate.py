@@ -106,6 +106,9 @@ class Translator:
         """The bytes for the events one upstream read completed, and the failure that ended
         them, if any."""
         try:
+            one = self._decoder.single(data)  # at real pacing nearly every read: one event
+            if one is not None:
+                return self._one(one)
             return self.feed_events(self._decoder.feed(data))
         except LineTooLong as exc:  # the events completed before it in this read are dropped
             return b"", UpstreamLineTooLong(exc.limit)
@@ -128,43 +131,53 @@ class Translator:
     def feed_events(self, events: list[Event]) -> tuple[bytes, APIError | None]:
         """:meth:`feed` for events already decoded."""
         parts: list[bytes] = []
-        said, fmt, template = self.said, self._fmt, self.template
+        said = self.said
         for event in events:
-            data = event.data
-            if not data:
-                continue
-            if template.like is not None:
-                text = template.match(data)
-                if text is not None:
-                    kind = template.kind
-                    if kind == "content":
-                        out = self._delta(data, text, template.like)
-                    else:
-                        out = self._other(kind, data, text, template.like)
-                    if out is not None:
-                        looping = None if kind == "arguments" else self._looping(text)
-                        if looping is not None:
-                            return b"".join(parts), looping
-                        if out:
-                            parts.append(out)
-                            said.events += 1
-                        continue
-            if data == "[DONE]":
-                said.done = True
-                break
-            chunk, failure = self._parse(data)
-            if failure is None:
-                assert chunk is not None
-                failure = self._learn(chunk)
+            out, failure = self._one(event.data)
             if failure is not None:
                 return b"".join(parts), failure
-            assert chunk is not None
-            template.learn(data, chunk)
-            out = fmt.chunk(data, chunk)
             if out:
                 parts.append(out)
-                said.events += 1
+            if said.done:  # [DONE]: whatever follows it is not read
+                break
         return b"".join(parts), None
+
+    def _one(self, data: str) -> tuple[bytes, APIError | None]:
+        """One event's bytes, or the failure it is (then nothing of it is written)."""
+        if not data:
+            return b"", None
+        said, template = self.said, self.template
+        if template.like is not None:
+            text = template.match(data)
+            if text is not None:
+                kind = template.kind
+                if kind == "content":
+                    out = self._delta(data, text, template.like)
+                else:
+                    out = self._other(kind, data, text, template.like)
+                if out is not None:
+                    if kind != "arguments" and self._loops is not None:
+                        looping = self._looping(text)
+                        if looping is not None:
+                            return b"", looping
+                    if out:
+                        said.events += 1
+                    return out, None
+        if data == "[DONE]":
+            said.done = True
+            return b"", None
+        chunk, failure = self._parse(data)
+        if failure is None:
+            assert chunk is not None
+            failure = self._learn(chunk)
+        if failure is not None:
+            return b"", failure
+        assert chunk is not None
+        template.learn(data, chunk)
+        out = self._fmt.chunk(data, chunk)
+        if out:
+            said.events += 1
+        return out, None
 
     def _parse(self, data: str) -> tuple[dict[str, Any] | None, APIError | None]:
         """The chunk one event holds, or what is wrong with it."""

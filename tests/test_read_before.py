@@ -94,3 +94,23 @@ async def test_someone_elses_cancellation_is_not_a_timeout(
     # Unread bytes stay buffered: a later read gets them.
     feed.chunks.put_nowait(b"data: kept\n\n")
     assert await upstream.read_before(loop.time() + 60) == b"data: kept\n\n"
+
+
+async def test_reads_are_capped_below_mallocs_mmap_threshold(
+    stream: tuple[UpstreamStream, Feed],
+) -> None:
+    """asyncio reads a socket with recv(256 KiB), which glibc serves with mmap: an mmap, a page
+    fault, an mremap and a munmap per small event. The stream caps its connection's reads at
+    64 KiB (heap memory), and a chunk larger than that still arrives whole, over several reads."""
+    from lib.upstream import UPSTREAM_READ_SIZE
+
+    upstream, feed = stream
+    transport = upstream._response.connection.transport  # type: ignore[union-attr]
+    assert transport.max_size == UPSTREAM_READ_SIZE < 128 * 1024  # type: ignore[union-attr]
+    big = b"data: " + b"x" * (3 * UPSTREAM_READ_SIZE) + b"\n\n"
+    feed.chunks.put_nowait(big)
+    loop = asyncio.get_running_loop()
+    got = b""
+    while len(got) < len(big):
+        got += await upstream.read_before(loop.time() + 5)
+    assert got == big

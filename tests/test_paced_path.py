@@ -1,0 +1,180 @@
+"""The one-event-per-read path (issue 15): at real pacing each upstream read is one whole event,
+and the translator takes it without the decoder's event list (``SSEDecoder.single``). It must
+write and say exactly what the general path does with the same events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from lib.aisdk import TextStream, UIMessageStream
+from lib.asgi import Exchange
+from lib.clock import StreamClock
+from lib.formats import Format, OpenAIChat, OpenAICompletion, WholeResponse
+from lib.log import RequestLog
+from lib.relay import relay
+from lib.sse import SSEDecoder
+from lib.translate import Translator
+from lib.upstream import UpstreamStream
+from tests.test_fast_path import BEYOND_TEXT, STREAM
+
+MAKERS: list[Callable[[], Format]] = [
+    lambda: OpenAIChat(include_usage=True),
+    lambda: OpenAICompletion(include_usage=False),
+    UIMessageStream,
+    TextStream,
+    lambda: WholeResponse(shape="chat"),
+]
+
+
+def frame(data: str) -> bytes:
+    return b"data: " + data.encode() + b"\n\n"
+
+
+def outcome(translator: Translator) -> tuple[object, ...]:
+    said = translator.said
+    return said.done, said.events, said.finish_reason, said.usage
+
+
+@pytest.mark.parametrize("stream", [STREAM, BEYOND_TEXT], ids=["text", "reasoning+tools"])
+@pytest.mark.parametrize("make", MAKERS)
+def test_one_event_reads_match_one_big_read(stream: list[str], make: Callable[[], Format]) -> None:
+    """Every event in its own read (the single-event path) against all of them in one read (the
+    decoder's list): the same bytes in the same order, the same failure, the same outcome."""
+    paced, batched = Translator(make(), secret="sk-x"), Translator(make(), secret="sk-x")
+    written, failure = b"", None
+    for data in stream:
+        out, failure = paced.feed(frame(data))
+        written += out
+        if failure is not None or paced.said.done:
+            break
+    whole, whole_failure = batched.feed(b"".join(frame(d) for d in stream))
+    assert written == whole
+    assert (type(failure), getattr(failure, "message", None)) == (
+        type(whole_failure),
+        getattr(whole_failure, "message", None),
+    )
+    assert outcome(paced) == outcome(batched)
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        b'data: {"a":1}\n\n',
+        b"data: \n\n",
+        "data: sch\u00f6n\n\n".encode(),
+        b"data: \xff broken utf-8\n\n",
+    ],
+)
+def test_single_is_what_feed_returns(chunk: bytes) -> None:
+    single, fed = SSEDecoder(), SSEDecoder()
+    data = single.single(chunk)
+    events = fed.feed(chunk)
+    assert [data] == [e.data for e in events]
+    # The decoder is left as feed leaves it: the next read decodes the same.
+    follow = b'data: {"b":2}\n\nid: 7\ndata: x\n'
+    assert single.feed(follow) == fed.feed(follow)
+    assert single.pending == fed.pending
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        b'data: {"a":1}\n\ndata: {"b":2}\n\n',  # two events: the decoder's list
+        b'data: {"a":1}\r\n\r\n',  # CR line ends
+        b'data: {"a":1}\n',  # not complete
+        b"event: x\ndata: 1\n\n",  # another field
+        b"data:1\n\n",  # no space after the colon
+        b'\xef\xbb\xbfdata: {"a":1}\n\n',  # a BOM first
+        b": comment\n\n",
+    ],
+)
+def test_single_leaves_anything_else_to_feed(chunk: bytes) -> None:
+    assert SSEDecoder().single(chunk) is None
+
+
+def test_single_declines_while_something_is_buffered() -> None:
+    """After an unfinished line, or a field of an event not yet dispatched, a complete-looking
+    read belongs to what came before: only feed knows how."""
+    for before in (b"data: {", b"id: 1\n", b"data: x\r", b"\xef\xbb"):
+        decoder = SSEDecoder()
+        decoder.feed(before)
+        assert decoder.single(b'data: {"a":1}\n\n') is None, before
+
+
+def test_single_respects_the_line_limit() -> None:
+    chunk = b"data: " + b"x" * 100 + b"\n\n"
+    assert SSEDecoder(max_line_bytes=50).single(chunk) is None
+    assert SSEDecoder(max_line_bytes=200).single(chunk) == "x" * 100
+
+
+CHAT = (
+    '{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+    '"choices":[{"index":0,"delta":{"content":"tok%d"},"finish_reason":null}]}'
+)
+
+
+async def test_a_backlog_is_relayed_in_slices_with_the_loop_let_through(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    """A read much bigger than one event (an upstream faster than its caller, a busy instance)
+    is relayed in slices, and other tasks (other streams, a new request) run between them
+    instead of waiting for all of it; the caller still gets every byte, in order."""
+    burst = b"".join(b"data: " + (CHAT % i).encode() + b"\n\n" for i in range(700))
+    burst += b"data: [DONE]\n\n"
+    assert 64 * 1024 < len(burst) < 128 * 1024  # several slices; within aiohttp's read buffer
+
+    async def upstream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(burst)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", upstream)
+    server = await aiohttp_server(app)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    writes: list[tuple[int, bytes]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] == "http.response.body":
+            writes.append((ticks, message["body"]))  # type: ignore[arg-type]
+
+    async def receive() -> dict[str, object]:
+        await asyncio.Event().wait()  # the caller never goes away
+        return {}
+
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(server.make_url("/"))
+        # The whole burst is in the client's buffer first (aiohttp has no event for that).
+        while response.content.total_bytes < len(burst):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        stream = UpstreamStream(response)
+        loop = asyncio.get_running_loop()
+        clock = StreamClock(
+            started=loop.time(), cut_at=None, idle=30, keepalive=15, longest=None, write_stall=30
+        )
+        translator = Translator(OpenAIChat(include_usage=False))
+        exchange = Exchange({"type": "http", "headers": []}, receive, send)  # type: ignore[arg-type]
+        running = asyncio.create_task(ticker())
+        try:
+            async with exchange:
+                await relay(stream, translator, exchange, RequestLog("r"), clock, [])
+        finally:
+            running.cancel()
+    body = [(seen, data) for seen, data in writes if data and data != b"data: [DONE]\n\n"]
+    assert b"".join(data for _, data in body) == burst.removesuffix(b"data: [DONE]\n\n")
+    assert len(body) >= 3  # 32 KiB slices
+    assert body[-1][0] > body[0][0]  # the ticker ran while the backlog was being relayed
