@@ -18,6 +18,8 @@ class StreamClock:
 
     __slots__ = (
         "cut_at",
+        "first_data",
+        "first_write",
         "idle",
         "keepalive",
         "last_data",
@@ -46,6 +48,9 @@ class StreamClock:
         self.write_stall = write_stall
         self.last_data = self.last_write = started
         self.too_long_at: float | None = None
+        # when the first upstream byte came and the first event went out (the log line's)
+        self.first_data: float | None = None
+        self.first_write: float | None = None
 
     def begin(self, now: float) -> None:
         """The stream starts: its own limit and its timers count from ``now``."""
@@ -116,6 +121,6 @@ class StreamClock:
             wake = min(wake, until)
         return wake
 
-    def ms(self, now: float) -> float:
-        """Milliseconds since the request arrived, for the log line."""
-        return round((now - self.started) * 1000, 2)
+    def ms(self, at: float | None) -> float | None:
+        """Milliseconds from the request's arrival to ``at``, for the log line."""
+        return None if at is None else round((at - self.started) * 1000, 2)

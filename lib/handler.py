@@ -29,6 +29,7 @@ from lib.asgi import (
     header,
 )
 from lib.auth import Authenticator, build_authenticator
+from lib.clock import StreamClock
 from lib.config import Settings
 from lib.cors import CORSMiddleware
 from lib.deadline import invocation_deadline
@@ -42,12 +43,21 @@ from lib.errors import (
 )
 from lib.formats import Format, WholeResponse
 from lib.limits import Limiter, client_key
-from lib.log import RequestLog, RequestLogging, logger, quiet_broken_connections, request_log, warn
+from lib.log import (
+    RequestLog,
+    RequestLogging,
+    logger,
+    quiet_broken_connections,
+    request_log,
+    usage_counts,
+    warn,
+)
 from lib.negotiate import check_fit, choose_format, requested_format, v1_route, v1_semantics
 from lib.relay import clock_for, relay, relay_whole, translator_for
 from lib.request import UpstreamRequest, build_upstream_request, parse_body, safety_identifier
 from lib.resilience import open_upstream
 from lib.retry import Target
+from lib.translate import Translator
 from lib.upstream import UpstreamClient
 
 ALLOW = b"OPTIONS, POST"
@@ -285,11 +295,14 @@ class GenerateHandler:
                 stream = ResponsesUpstream(stream, upstream.max_line_bytes)
             clock = clock_for(limits, idle=upstream.idle_timeout, started=started, cut_at=cut_at)
             translator = translator_for(fmt, upstream, limits)
-            if isinstance(fmt, WholeResponse):
-                fmt.accepted = True
-                await relay_whole(stream, translator, fmt, exchange, log, clock, headers)
-                return
-            await relay(stream, translator, exchange, log, clock, headers)
+            try:
+                if isinstance(fmt, WholeResponse):
+                    fmt.accepted = True
+                    await relay_whole(stream, translator, fmt, exchange, clock, headers)
+                else:
+                    await relay(stream, translator, exchange, clock, headers)
+            finally:
+                _record_stream(log, translator, clock)
 
     def _check_key(self) -> None:
         """The 500 that says to set the provider key, before any work for a request."""
@@ -314,6 +327,17 @@ async def _lifespan(receive: Receive, send: Send, *closers: Callable[[], Awaitab
                 await close()
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def _record_stream(log: RequestLog, translator: Translator, clock: StreamClock) -> None:
+    """What the stream said and when, into the log line (and the limiter's settlement)."""
+    said = translator.said
+    log.events, log.finish_reason = said.events, said.finish_reason
+    log.usage = usage_counts(said.usage)
+    if said.failure is not None:
+        log.error_type = said.failure
+    log.first_upstream_byte_ms = clock.ms(clock.first_data)
+    log.first_event_ms = clock.ms(clock.first_write)
 
 
 def serve(handler: GenerateHandler | Misconfigured) -> App:

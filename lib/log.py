@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from lib.asgi import App, Message, Receive, Scope, Send
@@ -55,8 +56,14 @@ class RequestLog:
     attempts: int = 0  # upstream requests sent, retries and fallbacks included
 
     def line(self) -> str:
-        record = {k: v for k, v in asdict(self).items() if v is not None}
-        return json.dumps({"event": "request", **record}, separators=(",", ":"))
+        # Fields read directly, not through dataclasses.asdict, which deep-copies (a tenth of
+        # a request's own CPU, measured with the pass-through beside it).
+        record: dict[str, Any] = {"event": "request"}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if value is not None:
+                record[name] = value
+        return json.dumps(record, separators=(",", ":"))
 
 
 def emit(record: RequestLog) -> None:
@@ -118,3 +125,34 @@ def quiet_broken_connections(server_logger: str = "uvicorn.error") -> None:
     target = logging.getLogger(server_logger)
     if not any(isinstance(f, _DropBreakConnection) for f in target.filters):
         target.addFilter(_DropBreakConnection())
+
+
+def usage_counts(usage: Any) -> dict[str, Any] | None:
+    """The integer fields of an upstream ``usage`` object (and of its ``*_details`` objects),
+    nothing else: it is the upstream's text going into our log line, so a string (an echoed
+    key, say) or a deep structure must not get there."""
+    if not isinstance(usage, dict):
+        return None
+    counts: dict[str, Any] = {}
+    for name, value in usage.items():
+        if not _is_field_name(name):
+            continue
+        if _is_count(value):
+            counts[name] = value
+        elif isinstance(value, dict):
+            inner = {k: v for k, v in value.items() if _is_field_name(k) and _is_count(v)}
+            if inner:
+                counts[name] = inner
+    return counts
+
+
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _is_field_name(name: Any) -> bool:
+    """A name like OpenAI's (``prompt_tokens``): names are upstream text too."""
+    return isinstance(name, str) and _FIELD_NAME.fullmatch(name) is not None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

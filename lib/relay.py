@@ -16,15 +16,12 @@ channel). The upstream response is always closed in ``finally``.
 from __future__ import annotations
 
 import asyncio
-import re
-from typing import Any
 
 from lib.asgi import Exchange, Header
 from lib.clock import StreamClock
 from lib.config import StreamLimits, UpstreamSettings
 from lib.errors import APIError, BreakConnection
 from lib.formats import Format, WholeResponse
-from lib.log import RequestLog
 from lib.translate import Translator
 from lib.upstream import UpstreamStream
 
@@ -61,11 +58,11 @@ async def relay(
     stream: UpstreamStream,
     translator: Translator,
     exchange: Exchange,
-    log: RequestLog,
     clock: StreamClock,
     headers: list[Header],
 ) -> None:
-    """Stream one accepted upstream response to the caller."""
+    """Stream one accepted upstream response to the caller. What it said and when is left on
+    ``translator.said`` and the clock, for the handler's log line."""
     loop = asyncio.get_running_loop()
     said = translator.said
     clock.begin(loop.time())
@@ -79,9 +76,8 @@ async def relay(
             await exchange.write(opening)
         clock.wrote(loop.time())
         try:
-            await _pump(stream, translator, exchange, log, clock)
+            await _pump(stream, translator, exchange, clock)
         except APIError as error:
-            log.error_type = error.type
             trailer = translator.fail(error)
             if trailer is None:
                 raise BreakConnection from None
@@ -89,9 +85,6 @@ async def relay(
             return
         await exchange.end(translator.close())
     finally:
-        log.events = said.events
-        log.finish_reason = said.finish_reason
-        log.usage = usage_counts(said.usage)
         if said.done:
             stream.release()
         else:
@@ -103,7 +96,6 @@ async def relay_whole(
     translator: Translator,
     whole: WholeResponse,
     exchange: Exchange,
-    log: RequestLog,
     clock: StreamClock,
     headers: list[Header],
 ) -> None:
@@ -113,13 +105,10 @@ async def relay_whole(
     said = translator.said
     clock.begin(asyncio.get_running_loop().time())
     try:
-        await _pump(stream, translator, exchange, log, clock)
-        said.events = whole.chunks
+        await _pump(stream, translator, exchange, clock)
         await exchange.respond(200, whole.close(), headers)
     finally:
-        log.events = said.events or whole.chunks
-        log.finish_reason = said.finish_reason
-        log.usage = said.usage
+        said.events = whole.chunks  # upstream chunks gathered: the answer is one object
         if said.done:
             stream.release()
         else:
@@ -130,7 +119,6 @@ async def _pump(
     stream: UpstreamStream,
     translator: Translator,
     exchange: Exchange,
-    log: RequestLog,
     clock: StreamClock,
 ) -> None:
     """Read, feed the translator, write, until the stream ends or a limit expires.
@@ -182,46 +170,15 @@ async def _pump(
                 return
             now = clock.last_data = time()
             more = True
-            if log.first_upstream_byte_ms is None:
-                log.first_upstream_byte_ms = clock.ms(now)
+            if clock.first_data is None:
+                clock.first_data = now
             if len(chunk) > slice_bytes:
                 chunk, backlog = chunk[:slice_bytes], chunk[slice_bytes:]
         out, failure = feed(chunk)
         if out:
             await write(out, now)
             now = clock.last_write = time()
-            if log.first_event_ms is None:
-                log.first_event_ms = clock.ms(now)
+            if clock.first_write is None:
+                clock.first_write = now
         if failure is not None:
             raise failure
-
-
-def usage_counts(usage: Any) -> dict[str, Any] | None:
-    """The integer fields of an upstream ``usage`` object (and of its ``*_details`` objects),
-    nothing else: it is the upstream's text going into our log line, so a string (an echoed
-    key, say) or a deep structure must not get there."""
-    if not isinstance(usage, dict):
-        return None
-    counts: dict[str, Any] = {}
-    for name, value in usage.items():
-        if not _is_field_name(name):
-            continue
-        if _is_count(value):
-            counts[name] = value
-        elif isinstance(value, dict):
-            inner = {k: v for k, v in value.items() if _is_field_name(k) and _is_count(v)}
-            if inner:
-                counts[name] = inner
-    return counts
-
-
-_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
-
-
-def _is_field_name(name: Any) -> bool:
-    """A name like OpenAI's (``prompt_tokens``): names are upstream text too."""
-    return isinstance(name, str) and _FIELD_NAME.fullmatch(name) is not None
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

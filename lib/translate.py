@@ -54,13 +54,14 @@ from lib.sse import Event, LineTooLong, SSEDecoder
 class Said:
     """What the upstream's events said so far."""
 
-    __slots__ = ("done", "events", "finish_reason", "usage")
+    __slots__ = ("done", "events", "failure", "finish_reason", "usage")
 
     def __init__(self) -> None:
         self.done = False  # [DONE] seen, or a clean end of a finished answer
         self.events = 0  # output events written
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None  # the upstream's last usage object
+        self.failure: str | None = None  # the type of the in-band error the stream ended with
 
 
 class Translator:
@@ -97,6 +98,7 @@ class Translator:
 
     def fail(self, error: APIError) -> bytes | None:
         """The format's in-band error; None: it has none and the connection must break."""
+        self.said.failure = error.type
         return self._fmt.fail(error)
 
     def keepalive(self) -> bytes | None:

@@ -107,7 +107,10 @@ async def test_the_text_format_drops_the_connection_on_a_malformed_event(relay: 
         await resp.read()  # no error channel in plain text: a broken stream, never a clean end
 
 
-async def test_the_log_line_keeps_only_the_integer_usage_fields(relay: Relay, logs: LogTap) -> None:
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "one JSON object"])
+async def test_the_log_line_keeps_only_the_integer_usage_fields(
+    relay: Relay, logs: LogTap, stream: bool
+) -> None:
     usage = {
         "prompt_tokens": 3,
         "completion_tokens": 2,
@@ -120,7 +123,10 @@ async def test_the_log_line_keeps_only_the_integer_usage_fields(relay: Relay, lo
     }
     chunk = {"id": "c", "object": "chat.completion.chunk", "choices": [], "usage": usage}
     raw = f"data: {FIRST}\n\ndata: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
-    resp = await relay(raw, "", {**CHAT_BODY, "stream_options": {"include_usage": True}})
+    body = {**CHAT_BODY, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    resp = await relay(raw, "", body)
     await resp.read()
     line = json.loads((await logs.requests(1))[0])
     assert line["usage"] == {

@@ -16,7 +16,6 @@ from lib.aisdk import TextStream, UIMessageStream
 from lib.asgi import Exchange
 from lib.clock import StreamClock
 from lib.formats import Format, OpenAIChat, OpenAICompletion, WholeResponse
-from lib.log import RequestLog
 from lib.relay import relay
 from lib.sse import SSEDecoder
 from lib.translate import Translator
@@ -171,7 +170,7 @@ async def test_a_backlog_is_relayed_in_slices_with_the_loop_let_through(
         running = asyncio.create_task(ticker())
         try:
             async with exchange:
-                await relay(stream, translator, exchange, RequestLog("r"), clock, [])
+                await relay(stream, translator, exchange, clock, [])
         finally:
             running.cancel()
     body = [(seen, data) for seen, data in writes if data and data != b"data: [DONE]\n\n"]
