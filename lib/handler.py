@@ -342,7 +342,12 @@ def _record_stream(log: RequestLog, translator: Translator, clock: StreamClock) 
 
 def serve(handler: GenerateHandler | Misconfigured) -> App:
     """The ASGI app around ``handler``: the request log (id and log line) outermost, then CORS
-    (a misconfigured function has no CORS settings: its 500 needs none)."""
+    when origins are allowed (a misconfigured function has no CORS settings: its 500 needs
+    none)."""
     if isinstance(handler, Misconfigured):
+        return RequestLogging(handler)
+    if not handler.settings.cors.allowed_origins:
+        # No origin allowed: CORS would add nothing to any response, so it is not a layer
+        # (one coroutine frame less per open stream).
         return RequestLogging(handler)
     return RequestLogging(CORSMiddleware(handler, handler.settings.cors))

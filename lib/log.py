@@ -103,8 +103,11 @@ class RequestLogging:
                 message = {**message, "headers": [*message.get("headers", ()), id_header]}
             await send(message)
 
+        # Set on the server's own scope, as Starlette sets its keys: this is the outermost
+        # layer, and a copy would cost every open stream a dict the size of the scope.
+        scope[_SCOPE_KEY] = log
         try:
-            await self.app({**scope, _SCOPE_KEY: log}, receive, send_logged)
+            await self.app(scope, receive, send_logged)
         finally:
             log.duration_ms = round((loop.time() - started) * 1000, 2)
             emit(log)
