@@ -8,17 +8,19 @@ from typing import Any
 
 import aiohttp
 
-# The one tool the tool-call tests offer, in the Chat Completions shape.
+# The one tool the tool-call tests offer: its parameters, and the tool in the Chat Completions
+# shape (tests/test_responses.py has it in the Responses API's).
+CITY_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
 WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_weather",
         "description": "The weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
+        "parameters": CITY_PARAMETERS,
     },
 }
 

@@ -24,17 +24,13 @@ from lib.handler import GenerateHandler, serve
 from lib.responses import Meta, ResponsesStream
 from lib.sse import SSEDecoder
 from tests.conftest import CANARY_KEY, LogTap, serve_asgi
+from tests.streams import CITY_PARAMETERS
 
 WEATHER = {
     "type": "function",
     "name": "get_weather",
     "description": "The weather in a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-        "additionalProperties": False,
-    },
+    "parameters": {**CITY_PARAMETERS, "additionalProperties": False},
     "strict": True,
 }
 TEXT = "Grüße from the Responses API 🚀, streamed."

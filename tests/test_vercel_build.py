@@ -18,6 +18,7 @@ site-packages but the bundle's ``_vendor``), and a reply is streamed through it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -188,10 +189,19 @@ def function(
     built: Build, workdir: Path, served_upstream: tuple[DemoUpstream, str]
 ) -> Iterator[IpcRuntime]:
     unpacked = materialize(built, workdir / f"unpacked-{built.tree.name}")
+    with start_unpacked(built, unpacked, workdir, served_upstream[1]) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def start_unpacked(
+    built: Build, unpacked: Path, workdir: Path, upstream_url: str
+) -> Iterator[IpcRuntime]:
+    """The unpacked function, started as the platform starts it, with the demo upstream."""
     python = Path(cli_environ(workdir / "run-bin")["PATH"].split(":", 1)[0]) / "python3"
     config = built.vc_config()
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **config["environment"]}  # type: ignore[dict-item]
-    env |= {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": served_upstream[1]}
+    env |= {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": upstream_url}
     # -S: no site-packages; the bundle's own files (the working directory) and its _vendor,
     # which the handler adds itself, are all the function can import.
     command = [str(python), "-S", "-c", "import vc__handler__python"]
@@ -278,12 +288,7 @@ def compiled_function(
     unpacked = materialize(compiled_build, workdir / "unpacked-compiled")
     for source in [unpacked / "api" / "generate.py", *(unpacked / "lib").glob("*.py")]:
         source.write_text("this is not python\n")
-    python = Path(cli_environ(workdir / "run-bin")["PATH"].split(":", 1)[0]) / "python3"
-    config = compiled_build.vc_config()
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **config["environment"]}  # type: ignore[dict-item]
-    env |= {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": served_upstream[1]}
-    command = [str(python), "-S", "-c", "import vc__handler__python"]
-    with ipc_runtime(root=unpacked, command=command, environ=env) as started:
+    with start_unpacked(compiled_build, unpacked, workdir, served_upstream[1]) as started:
         yield started
 
 
