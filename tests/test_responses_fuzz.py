@@ -6,16 +6,14 @@ traceback, every error is the one JSON envelope, and every stream ends with
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
-import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from lib.config import load_settings
 from lib.handler import GenerateHandler, serve
 from tests.conftest import CANARY_KEY, ErrorTap
 from tests.test_fuzz import call, json_value
+from tests.test_fuzz import fuzz_handler as fuzz_handler  # the fixture, shared
 
 EXAMPLES = 600
 QUERY = b"api=v1&route=responses"
@@ -108,20 +106,6 @@ plausible = st.fixed_dictionaries(
         "store": st.just(False),
     },
 )
-
-
-@pytest.fixture
-async def fuzz_handler(upstream_url: str) -> AsyncIterator[GenerateHandler]:
-    env = {
-        "OPENAI_API_KEY": CANARY_KEY,
-        "OPENAI_BASE_URL": upstream_url,
-        "MAX_BODY_BYTES": "4096",
-        "UPSTREAM_MAX_RETRIES": "0",
-    }
-    handler = GenerateHandler(load_settings(env))
-    yield handler
-    assert handler.client is not None
-    await handler.client.close()
 
 
 @settings(
