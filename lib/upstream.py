@@ -84,12 +84,8 @@ class UpstreamStream:
         task = self._arm(wake)
         try:
             return await self._response.content.readany()
-        except aiohttp.ClientError as exc:
-            raise UpstreamBroken(
-                f"The upstream connection broke mid-stream ({type(exc).__name__})."
-            ) from None
-        except RuntimeError:  # aiohttp's "Connection closed.": the session closed under us
-            raise UpstreamBroken("The upstream connection was closed mid-stream.") from None
+        except (aiohttp.ClientError, RuntimeError) as exc:
+            raise _broken(exc) from None
         except asyncio.CancelledError:
             self._cancelled(task)
             raise
@@ -150,12 +146,8 @@ class UpstreamStream:
         stay buffered, so a caller may wrap it in a timeout and call it again."""
         try:
             return await self._response.content.readany()
-        except aiohttp.ClientError as exc:
-            raise UpstreamBroken(
-                f"The upstream connection broke mid-stream ({type(exc).__name__})."
-            ) from None
-        except RuntimeError:  # aiohttp's "Connection closed.": the session closed under us
-            raise UpstreamBroken("The upstream connection was closed mid-stream.") from None
+        except (aiohttp.ClientError, RuntimeError) as exc:
+            raise _broken(exc) from None
 
     def read_buffered(self) -> bytes:
         """What has already arrived, without waiting (``b""`` if nothing has, or at the end)."""
@@ -196,6 +188,14 @@ def _small_reads(response: aiohttp.ClientResponse) -> None:
     if transport is not None and getattr(transport, "max_size", 0) > UPSTREAM_READ_SIZE:
         with contextlib.suppress(AttributeError):
             transport.max_size = UPSTREAM_READ_SIZE  # type: ignore[attr-defined]
+
+
+def _broken(exc: Exception) -> UpstreamBroken:
+    """What a failed mid-stream read means to the caller (both readers raise it)."""
+    if isinstance(exc, aiohttp.ClientError):
+        return UpstreamBroken(f"The upstream connection broke mid-stream ({type(exc).__name__}).")
+    # aiohttp's RuntimeError "Connection closed.": the session closed under us
+    return UpstreamBroken("The upstream connection was closed mid-stream.")
 
 
 class UpstreamClient:

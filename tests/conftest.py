@@ -8,6 +8,7 @@ A canary key is the function's ``OPENAI_API_KEY`` in every test that builds one 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -49,14 +50,22 @@ class ErrorTap(logging.Handler):
             self.tracebacks.append(record.getMessage())
 
 
+@contextlib.contextmanager
+def tapped[H: logging.Handler](tap: H, logger: str = "streaming_function") -> Iterator[H]:
+    """``tap`` on the named logger for the duration (the function's own by default)."""
+    target = logging.getLogger(logger)
+    target.addHandler(tap)
+    try:
+        yield tap
+    finally:
+        target.removeHandler(tap)
+
+
 @pytest.fixture
 def error_tap() -> Iterator[ErrorTap]:
     """Every log record with a traceback or at ERROR, for tests that must see none."""
-    logger = logging.getLogger("streaming_function")
-    tap = ErrorTap()
-    logger.addHandler(tap)
-    yield tap
-    logger.removeHandler(tap)
+    with tapped(ErrorTap()) as tap:
+        yield tap
 
 
 @pytest.fixture(scope="module")
@@ -159,8 +168,5 @@ class LogTap(logging.Handler):
 
 @pytest.fixture
 def logs() -> Iterator[LogTap]:
-    logger = logging.getLogger("streaming_function")
-    tap = LogTap()
-    logger.addHandler(tap)
-    yield tap
-    logger.removeHandler(tap)
+    with tapped(LogTap()) as tap:
+        yield tap

@@ -16,7 +16,7 @@ from lib.aisdk import ai_sdk_finish_reason
 from lib.errors import RequestError
 from lib.negotiate import choose_format, prefers_text
 from lib.request import GenerateRequest
-from tests.conftest import Function
+from tests.conftest import Function, tapped
 from tests.streams import canonical_events, post, read_until
 
 UI_BODY = {
@@ -136,11 +136,8 @@ class _Records(logging.Handler):
 
 @pytest.fixture
 def server_errors() -> Iterator[_Records]:
-    target = logging.getLogger("uvicorn.error")
-    tap = _Records()
-    target.addHandler(tap)
-    yield tap
-    target.removeHandler(tap)
+    with tapped(_Records(), "uvicorn.error") as tap:
+        yield tap
 
 
 async def raw_exchange(url: str, body: bytes) -> bytes:
