@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -517,18 +518,33 @@ def parse_request(
 def parse_body(
     raw: bytes, limits: RequestLimits, *, stream_default: bool = True
 ) -> GenerateRequest:
-    """The body, parsed and validated; a body over ``MAX_BODY_BYTES`` that carries no image is
-    a 413 whatever else is wrong with it."""
+    """The body, parsed and validated, under :func:`parse_sized`'s size rule."""
+    return parse_sized(
+        raw,
+        limits,
+        lambda body: parse_request(body, limits, stream_default=stream_default),
+        lambda request: bool(request.images),
+    )
+
+
+def parse_sized[R](
+    raw: bytes,
+    limits: RequestLimits,
+    build: Callable[[dict[str, Any]], R],
+    has_images: Callable[[R], bool],
+) -> R:
+    """``build`` applied to the parsed body, under the size rule of every endpoint: a body
+    over ``MAX_BODY_BYTES`` that carries no image is a 413 whatever else is wrong with it."""
     too_large = len(raw) > limits.max_body_bytes
     try:
-        request = parse_request(parse_json_object(raw), limits, stream_default=stream_default)
+        result = build(parse_json_object(raw))
     except RequestError:
         if too_large:
             raise _too_large(limits) from None
         raise
-    if too_large and not request.images:
+    if too_large and not has_images(result):
         raise _too_large(limits)
-    return request
+    return result
 
 
 def _too_large(limits: RequestLimits) -> BodyTooLarge:

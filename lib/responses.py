@@ -25,7 +25,7 @@ from lib.config import RequestLimits
 from lib.errors import APIError, RequestError
 from lib.formats import SSE_HEADERS, Chunk, WholeResponse
 from lib.negotiate import requested_format
-from lib.request import GenerateRequest, _too_large, parse_json_object, parse_request
+from lib.request import GenerateRequest, parse_request, parse_sized
 from lib.sse import encode_comment
 
 ROUTE = "responses"  # vercel.json: /api/v1/responses -> /api/generate?api=v1&route=responses
@@ -412,21 +412,17 @@ class ResponsesRequest(NamedTuple):
 
 def parse_responses_body(raw: bytes, limits: RequestLimits) -> ResponsesRequest:
     """Parse, convert and validate a Responses body (a missing ``stream`` means one object, as
-    on OpenAI's API); the size rule is :func:`lib.request.parse_body`'s."""
-    too_large = len(raw) > limits.max_body_bytes
-    try:
-        converted = convert(parse_json_object(raw), limits)
+    on OpenAI's API), under :func:`lib.request.parse_sized`'s size rule."""
+
+    def build(body: dict[str, Any]) -> ResponsesRequest:
+        converted = convert(body, limits)
         try:
             request = parse_request(converted.body, limits, stream_default=False)
         except RequestError as error:
             raise _rename(error, converted) from None
-    except RequestError:
-        if too_large:
-            raise _too_large(limits) from None
-        raise
-    if too_large and not request.images:
-        raise _too_large(limits)
-    return ResponsesRequest(request, converted.echo)
+        return ResponsesRequest(request, converted.echo)
+
+    return parse_sized(raw, limits, build, lambda parsed: bool(parsed.request.images))
 
 
 # --- the output: Response objects and the event stream -------------------------------------
