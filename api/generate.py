@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from lib.asgi import Receive, Scope, Send
+from lib.asgi import App
 from lib.config import SettingsError, load_settings
 from lib.handler import GenerateHandler, Misconfigured, serve
 
@@ -19,8 +19,7 @@ try:
     handler = GenerateHandler(load_settings(os.environ))
 except SettingsError as error:
     handler = Misconfigured(str(error))
-_app = serve(handler)
-
-
-async def app(scope: Scope, receive: Receive, send: Send) -> None:
-    await _app(scope, receive, send)
+# The runtime serves any async callable of (scope, receive, send), an instance with an async
+# ``__call__`` included; no wrapper function around it (a wrapper is one coroutine frame more
+# per open stream).
+app: App = serve(handler)

@@ -16,6 +16,7 @@ import argparse
 import importlib
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 from vercel_runtime._vendor import uvicorn
@@ -36,6 +37,58 @@ def load_app(kind: str) -> Any:
     if kind == "function":
         return importlib.import_module("api.generate").app
     return importlib.import_module("bench.passthrough").app
+
+
+def census_on_signal(prefix: str) -> None:
+    """For bench.memory: on every SIGUSR1, write the live objects the collector tracks, counted
+    and sized by kind, to ``<prefix>-<n>.census`` and pymalloc's statistics to ``<prefix>-<n>.pym``
+    (n counts from 0)."""
+    import gc
+    import signal
+    import sys
+    from collections import Counter
+
+    count = [0]
+
+    def dump(*_: object) -> None:
+        sizes: Counter[str] = Counter()
+        numbers: Counter[str] = Counter()
+        for obj in gc.get_objects():
+            kind = census_kind(obj)
+            sizes[kind] += sys.getsizeof(obj)
+            numbers[kind] += 1
+        path = Path(f"{prefix}-{count[0]}")
+        lines = [f"{kind}\t{numbers[kind]}\t{sizes[kind]}" for kind in numbers]
+        saved = os.dup(2)  # _debugmallocstats writes to the C stderr
+        with path.with_suffix(".pym").open("wb") as out:
+            os.dup2(out.fileno(), 2)
+            try:
+                sys._debugmallocstats()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+        path.with_suffix(".census").write_text("\n".join(lines))
+        count[0] += 1
+
+    signal.signal(signal.SIGUSR1, dump)
+
+
+def census_kind(obj: object) -> str:
+    """A type name; for a coroutine, async generator, bound method or function, whose."""
+    import types
+
+    kind = type(obj)
+    if isinstance(obj, types.CoroutineType):
+        return f"coroutine {obj.cr_code.co_qualname}"
+    if isinstance(obj, types.AsyncGeneratorType):
+        return f"async generator {obj.ag_code.co_qualname}"
+    if isinstance(obj, types.MethodType):
+        return f"method {getattr(obj.__func__, '__qualname__', '?')}"
+    if isinstance(obj, types.FunctionType):
+        return f"function {obj.__qualname__}"
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         http=http,
     )
     server = uvicorn.Server(config)
+    if os.environ.get("BENCH_CENSUS"):
+        census_on_signal(os.environ["BENCH_CENSUS"])
     path = "/api/generate" if args.kind == "function" else "/"
     print(f"READY http://127.0.0.1:{port}{path}", flush=True)
     server.run(sockets=[sock])

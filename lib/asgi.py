@@ -17,6 +17,7 @@ stall timeout, or is still waiting at the stream's deadline; the exchange then r
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from types import TracebackType
 from typing import Any, Protocol
@@ -24,6 +25,10 @@ from typing import Any, Protocol
 from lib.errors import APIError, BodyTooLarge, RequestTimeout, UnsupportedMediaType
 
 Scope = MutableMapping[str, Any]
+# The context the relay's timers run their callbacks in: they read no context variable, and
+# a timer armed without one copies the caller's context (one object per timer, per stream).
+TIMER_CONTEXT = contextvars.Context()
+
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
@@ -114,7 +119,7 @@ class Exchange:
         self.disconnected = False
         self.stalled = False
         self._body_read = False
-        self._watcher: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Future[Message] | None = None
         self._target: asyncio.Task[Any] | None = None
         self._writing_since: float | None = None
         self._write_bound: WriteBound | None = None
@@ -171,7 +176,7 @@ class Exchange:
         task = asyncio.current_task()
         assert task is not None
         self._target = task
-        self._watcher = asyncio.create_task(self._watch(task))
+        self._watch()
         return self
 
     async def __aexit__(
@@ -214,7 +219,7 @@ class Exchange:
             if self._target is not None:
                 self._target.cancel()
             return
-        self._write_timer = loop.call_at(wake, self._check_writes)
+        self._write_timer = loop.call_at(wake, self._check_writes, context=TIMER_CONTEXT)
 
     async def _send_timed(self, message: Message) -> None:
         self._writing_since = self._clock()
@@ -230,13 +235,21 @@ class Exchange:
             time = self._time = asyncio.get_running_loop().time
         return time()
 
-    async def _watch(self, target: asyncio.Task[Any]) -> None:
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                self.disconnected = True
-                target.cancel()
-                return
+    def _watch(self) -> None:
+        """Wait for the server's next message as a task of its own (no coroutine of ours around
+        ``receive()``: one frame less per open stream); :meth:`_heard` reads it."""
+        watcher = self._watcher = asyncio.ensure_future(self._receive())
+        watcher.add_done_callback(self._heard)
+
+    def _heard(self, watcher: asyncio.Future[Message]) -> None:
+        if watcher is not self._watcher or watcher.cancelled() or watcher.exception() is not None:
+            return  # the exchange ended (or the server failed; its own task reports that)
+        if watcher.result()["type"] == "http.disconnect":
+            self.disconnected = True
+            if self._target is not None:
+                self._target.cancel()
+            return
+        self._watch()  # any other message (none is expected once the body is read): wait on
 
     # -- responses ------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ No credentials mode (``Access-Control-Allow-Credentials``): the function uses no
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 from lib.asgi import App, Header, Message, Receive, Scope, Send, header
 from lib.config import CORSSettings
@@ -78,12 +78,12 @@ class CORSPolicy:
         if not extra:
             return send
 
-        async def send_with_cors(message: Message) -> None:
+        def send_with_cors(message: Message) -> Awaitable[None]:  # the server's awaitable
             if message["type"] == "http.response.start":
                 names = {name for name, _ in extra}
                 kept = [(k, v) for k, v in message.get("headers", ()) if k not in names]
                 message = {**message, "headers": [*kept, *extra]}
-            await send(message)
+            return send(message)
 
         return send_with_cors
 

@@ -246,9 +246,17 @@ class GenerateHandler:
         p = settings.protection
         log.client = client_key(scope, p.trust_proxy_header, caller.client_id, p.ipv6_prefix)
         admission = await self.limiter.admit(log.client, request)
+        # What the request was is in upstream_request now; the parsed body and its bytes are
+        # not kept for the stream's lifetime (a long prompt would be held twice over).
+        del raw, request
         try:
-            async with self.limiter.holding(admission):
+            if admission.lease is None:  # no concurrent-stream limit: no lease to renew
                 await self._stream(exchange, log, upstream_request, fmt, admission.headers, started)
+            else:
+                async with self.limiter.holding(admission):
+                    await self._stream(
+                        exchange, log, upstream_request, fmt, admission.headers, started
+                    )
         finally:
             # The response starts only once the upstream accepted the request (it may charge);
             # a whole answer starts later, so its format says when the upstream accepted.
@@ -285,6 +293,7 @@ class GenerateHandler:
                     stream = await open_upstream(
                         self.client, upstream_request, upstream, cut_at=cut_at, on_attempt=attempted
                     )
+                del attempted  # not kept for the stream's lifetime
             except TimeoutError:
                 raise DeadlineExceeded(
                     "The upstream did not answer before the function's time limit."

@@ -295,7 +295,7 @@ class ContentTemplate:
         if start < 0 or data.count(key) != 1:
             return  # spelled differently by the upstream, or ambiguous: no template
         cut = start + len(key)
-        self.head, self.tail, self.like = data[:cut], data[cut + len(text) :], chunk
+        self.head, self.tail, self.like = data[:cut], data[cut + len(text) :], _shared(chunk)
         self.kind = kind
 
     def match(self, data: str) -> str | None:
@@ -342,6 +342,37 @@ def _plain_text(chunk: dict[str, Any]) -> tuple[str, str] | None:
     if function.keys() != {"arguments"} or not isinstance(function["arguments"], str):
         return None
     return "arguments", function["arguments"]
+
+
+# Every key a template chunk can have (_plain_text checks them), and the common ``object``.
+_SHARED = {
+    name: name
+    for name in (
+        *_PLAIN_KEYS,
+        *_TEXT_KINDS,
+        "choices",
+        "index",
+        "delta",
+        "finish_reason",
+        "tool_calls",
+        "function",
+        "arguments",
+        "chat.completion.chunk",
+    )
+}
+
+
+def _shared(value: Any) -> Any:
+    """The template chunk with its keys (and ``object`` value) as the module's own strings:
+    the parser makes new ones for every chunk, and this one is kept for the whole stream
+    (about 0.7 KiB per open stream less). Everything else stays as it is."""
+    if isinstance(value, dict):
+        return {_SHARED.get(k, k): _shared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shared(v) for v in value]
+    if isinstance(value, str):
+        return _SHARED.get(value, value)
+    return value
 
 
 def _text_of(choice: dict[str, Any]) -> str:

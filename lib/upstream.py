@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from lib.asgi import TIMER_CONTEXT
 from lib.config import UpstreamSettings
 from lib.errors import (
     APIError,
@@ -112,7 +113,8 @@ class UpstreamStream:
             if timer is not None:
                 timer.cancel()
             self._timer_at = wake
-            self._timer = asyncio.get_running_loop().call_at(wake, self._on_timer)
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(wake, self._on_timer, context=TIMER_CONTEXT)
         task = self._reader = asyncio.current_task()
         return task
 
@@ -134,7 +136,8 @@ class UpstreamStream:
             reader.cancel()
         else:  # the deadline moved on since: wait for it (no clock read, no cancellation)
             self._timer_at = self._wake
-            self._timer = asyncio.get_running_loop().call_at(self._wake, self._on_timer)
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(self._wake, self._on_timer, context=TIMER_CONTEXT)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
