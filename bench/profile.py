@@ -74,7 +74,7 @@ async def profile(kind: str, streams: int, loop: str | None) -> None:
     try:
         await run_streams(relay.url, body, 5)
         recorder = subprocess.Popen(  # noqa: S603, ASYNC220 - py-spy on our child, at start
-            [spy, "record", "-r", "200", "-f", "raw", "-o", str(out), "-p", str(relay.pid)],
+            [spy, "record", "-r", "500", "-f", "raw", "-o", str(out), "-p", str(relay.pid)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
