@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
+import pytest
+
+from bench import memory
 from bench.run import Scale, report, run_suite
 
 TINY = Scale(
@@ -82,3 +86,13 @@ async def test_bench_runs_end_to_end(tmp_path: Path) -> None:
     assert "W2 throughput" in shown
     assert "W5 a new request" in shown
     assert "W6 every format, paced" in shown
+
+
+async def test_memory_census_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench.memory`` at toy scale: both relays counted, every stream complete."""
+    await memory.measure(streams=3, top=5)
+    out = capsys.readouterr().out
+    assert "errors: 0 / 0" in out
+    rss = re.findall(r"^  (pass-through|function) +RSS +(-?[\d.]+) KiB", out, re.MULTILINE)
+    assert [name for name, _ in rss] == ["pass-through", "function"]
+    assert "tracked objects, function minus pass-through" in out
