@@ -25,10 +25,6 @@ from typing import Any, Protocol
 from lib.errors import APIError, BodyTooLarge, RequestTimeout, UnsupportedMediaType
 
 Scope = MutableMapping[str, Any]
-# The context the relay's timers run their callbacks in: they read no context variable, and
-# a timer armed without one copies the caller's context (one object per timer, per stream).
-TIMER_CONTEXT = contextvars.Context()
-
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
@@ -36,6 +32,10 @@ Header = tuple[bytes, bytes]  # one header as ASGI carries it: lower-case name, 
 App = Callable[[Scope, Receive, Send], Awaitable[None]]  # an ASGI application
 Headers = Iterable[Header]  # the one header type: every module uses these two
 CLOSE = (b"connection", b"close")
+
+# The context the relay's timers run their callbacks in: they read no context variable, and
+# a timer armed without one copies the caller's context (one object per timer, per stream).
+TIMER_CONTEXT = contextvars.Context()
 
 
 class WriteBound(Protocol):

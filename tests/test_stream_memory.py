@@ -16,9 +16,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from lib import translate
+from lib.asgi import TIMER_CONTEXT, Exchange
 from lib.config import load_settings
 from lib.handler import GenerateHandler, serve
 from lib.request import GenerateRequest
+from lib.upstream import UpstreamStream
 from tests.conftest import CANARY_KEY, serve_asgi
 from tests.streams import post, read_until
 
@@ -140,3 +142,21 @@ async def test_an_open_stream_holds_only_the_relays_own_chain_of_coroutines(
         and agen.ag_frame is not None
     ]
     assert generators == []  # no lease to renew, so no lease context held open
+
+
+async def test_the_relays_timers_share_one_context(
+    held_open: Callable[[], Awaitable[None]],
+) -> None:
+    """The read deadline and the write watchdog run in one empty context, instead of each
+    copying the request's (one object per timer per stream)."""
+    await held_open()
+    ours = [
+        handle
+        for handle in gc.get_objects()
+        if isinstance(handle, asyncio.TimerHandle)
+        and not handle.cancelled()
+        and isinstance(handle._callback, types.MethodType)
+        and isinstance(handle._callback.__self__, (Exchange, UpstreamStream))
+    ]
+    assert {type(h._callback.__self__) for h in ours} == {Exchange, UpstreamStream}
+    assert all(h._context is TIMER_CONTEXT for h in ours)
