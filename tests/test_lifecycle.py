@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from dev.demo_upstream import DEMO_REPLY, DemoUpstream, Scenario
+from lib.asgi import Exchange
 from tests.conftest import CANARY_KEY, Function, LogTap
 from tests.streams import canonical_events, completion_text, post, read_until
 
@@ -182,3 +183,37 @@ def test_vercel_json_max_duration_is_the_default_deadline(env: dict[str, str]) -
     from lib.config import load_settings
 
     assert load_settings(env).stream.max_duration == 60.0
+
+
+async def test_the_disconnect_watcher_waits_on_past_other_messages() -> None:
+    """A server may hand the app other messages after the body (ASGI allows it): the watcher
+    reads past them and still ends the exchange on ``http.disconnect``."""
+
+    calls = 0
+    second_call = asyncio.Event()
+    leave: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
+
+    async def receive() -> dict[str, object]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        second_call.set()
+        return await leave
+
+    async def send(message: object) -> None:
+        pass
+
+    exchange = Exchange({"type": "http", "headers": []}, receive, send)
+
+    async def held() -> None:
+        async with exchange:
+            await asyncio.Event().wait()  # until the watcher cancels it
+
+    task = asyncio.create_task(held())
+    await asyncio.wait_for(second_call.wait(), 5)  # the first message read, watching again
+    assert not task.done()
+    assert not exchange.disconnected
+    leave.set_result({"type": "http.disconnect"})
+    await asyncio.wait_for(task, 5)  # absorbed: the exchange ended because the caller left
+    assert exchange.disconnected
