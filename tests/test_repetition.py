@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import lib
 from dev.demo_upstream import DEMO_REPLY, tokenize
-from lib.repetition import RepetitionDetector, period
+from lib.repetition import RepetitionDetector
 
 
 def feed_all(detector: RepetitionDetector, tokens: list[str]) -> tuple[int, int] | None:
@@ -50,21 +50,71 @@ def test_disabled_detector_sees_nothing() -> None:
     assert feed_all(RepetitionDetector(0, 1), ["a"] * 10_000) is None
 
 
-def test_memory_is_bounded_by_window_and_period() -> None:
+def test_memory_is_bounded_by_the_period_not_the_window() -> None:
     detector = RepetitionDetector(1000, 100)
     for i in range(5000):
         detector.feed(f"{i} ")
-    assert len(detector._tail) <= 1100
+    assert len(detector._tail) <= 100 + 32
+    assert len(detector._runs) <= 100
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.text(min_size=1, max_size=400), st.integers(1, 40))
-def test_period_agrees_with_the_definition(text: str, max_period: int) -> None:
-    found = period(text, max_period)
-    brute = next(
-        (p for p in range(1, min(max_period, len(text) - 1) + 1) if text[p:] == text[:-p]), None
-    )
-    if len(text) - max_period < 1:
-        assert found is None
-    else:
-        assert found == brute
+def looping_at(text: str, window: int, max_period: int) -> int | None:
+    """The definition: the smallest p <= max_period for which the last ``window`` characters
+    of ``text`` repeat with period p."""
+    if len(text) < window:
+        return None
+    w = text[len(text) - window :]
+    return next((p for p in range(1, max_period + 1) if w[p:] == w[:-p]), None)
+
+
+deltas = st.lists(
+    st.one_of(
+        st.text(alphabet="ab", min_size=1, max_size=7),  # periodic stretches come easily
+        st.text(alphabet="abc \n", min_size=1, max_size=30),
+        st.sampled_from(["ab", "abc", "I'm sorry. ", "\n"]).map(lambda s: s * 7),
+    ),
+    min_size=1,
+    max_size=80,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(deltas, st.integers(2, 120), st.integers(1, 60))
+def test_the_detector_agrees_with_the_definition_after_every_delta(
+    tokens: list[str], window: int, max_period: int
+) -> None:
+    """Exact, not a heuristic: after each delta it reports what the definition says of all the
+    text so far, though it keeps only the last max_period + 32 characters."""
+    max_period = min(max_period, window // 2)
+    detector = RepetitionDetector(window, max_period)
+    text = ""
+    for token in tokens:
+        text += token
+        assert detector.feed(token) == looping_at(text, window, max_period), (text, token)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.integers(1, 60),
+    st.integers(0, 3),
+    st.integers(0, 60),
+    st.text(alphabet="xyz", max_size=50),
+    st.data(),
+)
+def test_a_loop_at_the_longest_periods_is_caught_exactly_when_it_completes(
+    max_period: int, shorter: int, extra: int, noise: str, data: st.DataObject
+) -> None:
+    """Passages as long as ``max_period`` (or nearly), cut into deltas of any size: the
+    shifts whose runs need the oldest characters the tail keeps."""
+    p = max(1, max_period - shorter)
+    passage = data.draw(st.text(alphabet="abcdefghij", min_size=p, max_size=p))
+    window = 2 * max_period + extra
+    text = noise + passage * (window // p + 3)
+    cuts = data.draw(st.lists(st.integers(1, 40), min_size=1, max_size=10))
+    detector = RepetitionDetector(window, max_period)
+    fed, i = "", 0
+    while len(fed) < len(text):
+        token = text[len(fed) : len(fed) + cuts[i % len(cuts)]]
+        fed += token
+        i += 1
+        assert detector.feed(token) == looping_at(fed, window, max_period), (fed, token)
