@@ -94,18 +94,7 @@ class RequestLogging:
         loop = asyncio.get_running_loop()
         started = loop.time()
         log = RequestLog(request_id=uuid.uuid4().hex, method=scope.get("method", ""))
-        id_header = (b"x-request-id", log.request_id.encode("ascii"))
-
-        # Not a coroutine: it hands back the server's own awaitable, so a write pays no extra
-        # coroutine and a write waiting on a slow caller holds no extra frame.
-        def send_logged(message: Message) -> Awaitable[None]:
-            if message["type"] == "http.response.body":
-                log.bytes += len(message.get("body", b""))
-            elif message["type"] == "http.response.start":
-                log.status = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), id_header]}
-            return send(message)
-
+        send_logged = _LoggedSend(log, send)
         # Set on the server's own scope, as Starlette sets its keys: this is the outermost
         # layer, and a copy would cost every open stream a dict the size of the scope.
         scope[_SCOPE_KEY] = log
@@ -114,6 +103,29 @@ class RequestLogging:
         finally:
             log.duration_ms = round((loop.time() - started) * 1000, 2)
             emit(log)
+
+
+class _LoggedSend:
+    """``send`` that notes the status and the body bytes in the record and adds the request id
+    to the response start. Not a coroutine: it hands back the server's own awaitable, so a
+    write pays no extra coroutine, and a slotted object holds less per open stream than a
+    closure and its cells."""
+
+    __slots__ = ("_log", "_send")
+
+    def __init__(self, log: RequestLog, send: Send) -> None:
+        self._log = log
+        self._send = send
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        kind = message["type"]
+        if kind == "http.response.body":
+            self._log.bytes += len(message.get("body", b""))
+        elif kind == "http.response.start":
+            self._log.status = message["status"]
+            id_header = (b"x-request-id", self._log.request_id.encode("ascii"))
+            message = {**message, "headers": [*message.get("headers", ()), id_header]}
+        return self._send(message)
 
 
 class _DropBreakConnection(logging.Filter):
