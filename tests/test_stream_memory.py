@@ -159,3 +159,17 @@ async def test_the_relays_timers_share_one_context(
     ]
     assert {type(h._callback.__self__) for h in ours} == {Exchange, UpstreamStream}
     assert all(h._context is TIMER_CONTEXT for h in ours)
+
+
+async def test_an_open_stream_holds_no_closures_of_ours(
+    held_open: Callable[[], Awaitable[list[object]]],
+) -> None:
+    """The request log's send wrapper is a slotted object and the retry callback is let go once
+    the upstream answered: a closure and its cells are more per open stream."""
+    new = await held_open()
+    closures = [
+        obj.__qualname__
+        for obj in new
+        if isinstance(obj, types.FunctionType) and obj.__code__.co_filename.startswith(OURS)
+    ]
+    assert closures == []
