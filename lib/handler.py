@@ -250,13 +250,8 @@ class GenerateHandler:
         # not kept for the stream's lifetime (a long prompt would be held twice over).
         del raw, request
         try:
-            if admission.lease is None:  # no concurrent-stream limit: no lease to renew
+            async with self.limiter.holding(admission):
                 await self._stream(exchange, log, upstream_request, fmt, admission.headers, started)
-            else:
-                async with self.limiter.holding(admission):
-                    await self._stream(
-                        exchange, log, upstream_request, fmt, admission.headers, started
-                    )
         finally:
             # The response starts only once the upstream accepted the request (it may charge);
             # a whole answer starts later, so its format says when the upstream accepted.

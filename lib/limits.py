@@ -50,6 +50,8 @@ from lib.log import warn
 from lib.request import GenerateRequest, image_token_allowance
 from lib.store import MemoryStore, RedisStore, Store, StoreError
 
+_NO_LEASE: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+
 DEFAULT_LONGEST_STREAM = 900.0  # when no maxDuration is known: how late a settle may land
 LEASE_MARGIN = 60.0
 RETRY_FIRST_DELAY = 0.05
@@ -267,13 +269,17 @@ class Limiter:
             )
         admission.lease, admission.lease_keys, admission.lease_store = lease, names, store
 
-    @contextlib.asynccontextmanager
-    async def holding(self, admission: Admission) -> AsyncIterator[None]:
+    def holding(self, admission: Admission) -> contextlib.AbstractAsyncContextManager[None]:
         """Renew the admission's stream lease every third of its lifetime while the body runs,
-        so the lease lives exactly as long as the stream (and no longer, if the instance dies)."""
+        so the lease lives exactly as long as the stream (and no longer, if the instance dies).
+        Without a lease, one shared context that does nothing: an open stream then holds no
+        suspended generator for it."""
         if admission.lease is None:
-            yield
-            return
+            return _NO_LEASE
+        return self._renewing(admission)
+
+    @contextlib.asynccontextmanager
+    async def _renewing(self, admission: Admission) -> AsyncIterator[None]:
         renewer = asyncio.create_task(self._renew_forever(admission))
         try:
             yield

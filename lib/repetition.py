@@ -57,9 +57,9 @@ class RepetitionDetector:
         key_len = self._key
         if n > key_len:  # new candidates: the shifts at which the key occurs again
             key = tail[n - key_len :]
-            low = n - key_len - self._max_period
+            low = max(0, n - key_len - self._max_period)
             end = n - 1
-            while (i := tail.rfind(key, low if low > 0 else 0, end)) >= 0:
+            while (i := tail.rfind(key, low, end)) >= 0:
                 shift = n - key_len - i
                 if shift not in runs:
                     runs[shift] = _run(tail, shift, n - shift)
