@@ -21,7 +21,15 @@ import time
 from pathlib import Path
 
 from bench.client import run_streams, stream_once
-from bench.procs import ROOT, Server, cpu_seconds, fast_loop_policy, raise_fd_limit, rss_bytes
+from bench.procs import (
+    ROOT,
+    Server,
+    cpu_seconds,
+    fast_loop_policy,
+    kernel_counts,
+    raise_fd_limit,
+    rss_bytes,
+)
 from bench.run import FN_CHAT, FN_PROMPT, RESULTS, SHAPES, chat_body, fn_chat, upstream_events
 
 
@@ -39,17 +47,24 @@ async def _run(
         base = rss_bytes(relay.pid)
         peak = base
         cpu0 = cpu_seconds(relay.pid)
+        kernel0 = kernel_counts(relay.pid)
         task = asyncio.create_task(run_streams(url, body, streams, stagger=1.0))
         while not task.done():
             peak = max(peak, rss_bytes(relay.pid))
             await asyncio.sleep(0.05)  # sampling the relay's memory (bench pacing)
         results = task.result()
         cpu = cpu_seconds(relay.pid) - cpu0
+        kernel = {k: v - kernel0[k] for k, v in kernel_counts(relay.pid).items()}
     finally:
         relay.stop()
     errors = sum(not r.ok for r in results)
+    total = streams * events
     return {
-        "cpu": cpu / (streams * events) * 1e5,
+        "cpu": cpu / total * 1e5,
+        "user": kernel["user"] / total * 1e5,
+        "system": kernel["system"] / total * 1e5,
+        "faults": kernel["minflt"] / total * 1e3,
+        "switches": (kernel["voluntary"] + kernel["involuntary"]) / total * 1e3,
         "rss": (peak - base) / streams / 1024,
         "errors": float(errors),
     }
@@ -96,10 +111,16 @@ async def ab(args: argparse.Namespace) -> None:
             f"  {name:12} CPU s/100k {_fmt([x['cpu'] for x in r])}  "
             f"KiB/stream {_fmt([x['rss'] for x in r])}  errors {errors:g}"
         )
+        print(
+            f"  {'':12} user {_fmt([x['user'] for x in r])}  system "
+            f"{_fmt([x['system'] for x in r])}  (s/100k); per 1k events: faults "
+            f"{_fmt([x['faults'] for x in r])}  context switches "
+            f"{_fmt([x['switches'] for x in r])}"
+        )
     others = [name for name, *_ in subjects if name not in ("passthrough", "base")]
     pairs = [(name, "base") for name in others] + [(name, "passthrough") for name in others]
     for a, b in [*pairs, ("base", "passthrough")]:
-        for metric in ("cpu", "rss"):
+        for metric in ("cpu", "user", "system", "rss"):
             ratios = [
                 x[metric] / y[metric]
                 for x, y in zip(runs[a], runs[b], strict=True)

@@ -54,6 +54,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def kernel_counts(pid: int) -> dict[str, float]:
+    """What the kernel counts for a process so far: user and system CPU seconds (10 ms ticks),
+    minor page faults, voluntary and involuntary context switches (all threads). Tells where a
+    CPU difference lies: in our Python (user) or in system calls and faults (system)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    counts = {
+        "user": int(fields[11]) / _TICK,
+        "system": int(fields[12]) / _TICK,
+        "minflt": float(fields[7]),
+        "voluntary": 0.0,
+        "involuntary": 0.0,
+    }
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended while we looked
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                counts["voluntary"] += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                counts["involuntary"] += int(line.split()[1])
+    return counts
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process now (/proc/<pid>/statm, second field)."""
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE

@@ -75,6 +75,7 @@ def census_on_signal(prefix: str) -> None:
 
 def census_kind(obj: object) -> str:
     """A type name; for a coroutine, async generator, bound method or function, whose."""
+    import asyncio
     import types
 
     kind = type(obj)
@@ -86,6 +87,10 @@ def census_kind(obj: object) -> str:
         return f"method {getattr(obj.__func__, '__qualname__', '?')}"
     if isinstance(obj, types.FunctionType):
         return f"function {obj.__qualname__}"
+    if isinstance(obj, asyncio.TimerHandle):  # a cancelled one waits in the loop's heap
+        callback = getattr(obj, "_callback", None)
+        name = getattr(callback, "__qualname__", "?") if callback is not None else "cancelled"
+        return f"TimerHandle {name}"
     if kind.__module__ == "builtins":
         return kind.__qualname__
     return f"{kind.__module__}.{kind.__qualname__}"

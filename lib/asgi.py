@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from types import TracebackType
 from typing import Any, Protocol
@@ -36,6 +37,15 @@ CLOSE = (b"connection", b"close")
 # The context the relay's timers run their callbacks in: they read no context variable, and
 # a timer armed without one copies the caller's context (one object per timer, per stream).
 TIMER_CONTEXT = contextvars.Context()
+
+
+def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
+    """``loop.time``, as the C function it wraps where there is one: asyncio's own loops read
+    ``time.monotonic()`` in a Python method, and the relay reads the clock twice per event (a
+    frame each, at real pacing). A loop with a clock of its own (uvloop) keeps it."""
+    if type(loop).time is asyncio.BaseEventLoop.time:
+        return time.monotonic
+    return loop.time
 
 
 class WriteBound(Protocol):
@@ -230,16 +240,19 @@ class Exchange:
 
     def _clock(self) -> float:
         """The loop's clock (the watchdog's), looked up once per exchange, not once per write."""
-        time = self._time
-        if time is None:
-            time = self._time = asyncio.get_running_loop().time
-        return time()
+        clock = self._time
+        if clock is None:
+            clock = self._time = loop_clock(asyncio.get_running_loop())
+        return clock()
 
     def _watch(self) -> None:
         """Wait for the server's next message as a task of its own (no coroutine of ours around
         ``receive()``: one frame less per open stream); :meth:`_heard` reads it."""
         watcher = self._watcher = asyncio.ensure_future(self._receive())
-        watcher.add_done_callback(self._heard)
+        # In the watcher task's own context, not a copy of it (one object less per open stream;
+        # a server whose receive() hands back a plain future gets the default copy).
+        context = watcher.get_context() if isinstance(watcher, asyncio.Task) else None
+        watcher.add_done_callback(self._heard, context=context)
 
     def _heard(self, watcher: asyncio.Future[Message]) -> None:
         if watcher is not self._watcher or watcher.cancelled() or watcher.exception() is not None:

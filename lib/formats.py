@@ -74,14 +74,13 @@ class Format(Protocol):
         ...
 
 
-def _canonical(data: str) -> bool:
-    """True when the upstream's JSON text can be relayed as it is: one line, ASCII only, and
-    compact (no space after the key separator, which is where non-compact encoders put one)."""
-    return data.isascii() and "\n" not in data and '": ' not in data and '", "' not in data
-
-
-def _event(data: str) -> bytes:
-    return b"data: " + data.encode("ascii") + b"\n\n"
+def _as_is(data: str) -> bytes | None:
+    """The event for the upstream's JSON text as it is, when that is canonical: one line, ASCII
+    only, and compact (no space after the key separator, which is where non-compact encoders
+    put one); else None. One call per relayed token, so the test and the framing are one."""
+    if data.isascii() and "\n" not in data and '": ' not in data and '", "' not in data:
+        return b"data: " + data.encode("ascii") + b"\n\n"
+    return None
 
 
 class OpenAIChat:
@@ -100,15 +99,13 @@ class OpenAIChat:
     def chunk(self, data: str, chunk: Chunk) -> bytes:
         if not chunk.get("choices") and "usage" in chunk and not self._include_usage:
             return b""  # asked for our own accounting, not by the caller
-        if _canonical(data):
-            return _event(data)
-        return encode_json(chunk)
+        out = _as_is(data)
+        return encode_json(chunk) if out is None else out
 
     def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
         """A plain content chunk: as it is when canonical, else re-encoded around its text."""
-        if _canonical(data):
-            return _event(data)
-        return self._splice.event(like, text)
+        out = _as_is(data)
+        return self._splice.event(like, text) if out is None else out
 
     @staticmethod
     def _with_text(like: Chunk, text: str) -> Chunk:
@@ -117,7 +114,7 @@ class OpenAIChat:
 
     def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
         """Reasoning and tool-argument chunks: relayed as they are when canonical."""
-        return _event(data) if _canonical(data) else None
+        return _as_is(data)
 
     def close(self) -> bytes:
         return DONE

@@ -42,7 +42,7 @@ from lib.errors import (
     NotFound,
 )
 from lib.formats import Format, WholeResponse
-from lib.limits import Limiter, client_key
+from lib.limits import Admission, Limiter, client_key
 from lib.log import (
     RequestLog,
     RequestLogging,
@@ -125,7 +125,11 @@ class GenerateHandler:
         log = request_log(scope)
         exchange = Exchange(scope, receive, send)
         try:
-            await self._handle(exchange, log, started)
+            admitted = await self._admit(exchange, log)
+            if admitted is not None:
+                streaming = self._stream(exchange, log, *admitted, started)
+                del admitted  # _stream lets the upstream request (the whole prompt) go
+                await streaming
         except APIError as error:
             log.error_type = error.type
             if not exchange.started:
@@ -188,21 +192,22 @@ class GenerateHandler:
             raise NotFound(f"The model {model!r} does not exist here.", param="model")
         await exchange.respond(200, json.dumps(body, separators=(",", ":")).encode())
 
-    async def _handle(
-        self,
-        exchange: Exchange,
-        log: RequestLog,
-        started: float,
-    ) -> None:
+    async def _admit(
+        self, exchange: Exchange, log: RequestLog
+    ) -> tuple[UpstreamRequest, Format, Admission] | None:
+        """Route, authenticate, read and check the body, and pass the limits: what to send
+        upstream, or None for a request answered here (OPTIONS, ``/api/v1/models``). It returns
+        before the stream starts, so nothing it made is held while the stream runs (its frame
+        would be, one more per open stream)."""
         route = v1_route(exchange.scope.get("query_string", b""))
         if route is not None and route[0] != RESPONSES_ROUTE:
             await self._v1(exchange, *route)
-            return
+            return None
         method = exchange.scope.get("method", "")
         if method == "OPTIONS":
             await exchange.start(204, [(b"allow", ALLOW)])
             await exchange.end()
-            return
+            return None
         if method != "POST":
             raise MethodNotAllowed(f"Use POST to call this endpoint (got {method}).")
         settings = self.settings
@@ -246,12 +251,62 @@ class GenerateHandler:
         p = settings.protection
         log.client = client_key(scope, p.trust_proxy_header, caller.client_id, p.ipv6_prefix)
         admission = await self.limiter.admit(log.client, request)
-        # What the request was is in upstream_request now; the parsed body and its bytes are
-        # not kept for the stream's lifetime (a long prompt would be held twice over).
-        del raw, request
+        return upstream_request, fmt, admission
+
+    async def _stream(
+        self,
+        exchange: Exchange,
+        log: RequestLog,
+        upstream_request: UpstreamRequest,
+        fmt: Format,
+        admission: Admission,
+        started: float,
+    ) -> None:
+        """Call upstream and relay its stream within the invocation's deadline, holding the
+        admission's lease; then settle the admission with the limiter."""
+        upstream, limits = self.settings.upstream, self.settings.stream
+        deadline = invocation_deadline(limits, started, asyncio.get_running_loop().time())
+        cut_at = None if deadline is None else deadline - limits.deadline_margin
+        endpoint = upstream_request.endpoint
+
+        def attempted(target: Target) -> None:
+            log.attempts += 1
+            log.upstream = target.name
+
         try:
-            async with self.limiter.holding(admission):
-                await self._stream(exchange, log, upstream_request, fmt, admission.headers, started)
+            async with self.limiter.holding(admission), exchange:
+                try:
+                    async with asyncio.timeout_at(cut_at):
+                        stream = await open_upstream(
+                            self.client,
+                            upstream_request,
+                            upstream,
+                            cut_at=cut_at,
+                            on_attempt=attempted,
+                        )
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        "The upstream did not answer before the function's time limit."
+                    ) from None
+                # Not kept for the stream's lifetime: the upstream body is the whole prompt.
+                del upstream_request, attempted
+                if endpoint == "responses":
+                    from lib.responses_upstream import ResponsesUpstream
+
+                    stream = ResponsesUpstream(stream, upstream.max_line_bytes)
+                clock = clock_for(
+                    limits, idle=upstream.idle_timeout, started=started, cut_at=cut_at
+                )
+                translator = translator_for(fmt, upstream, limits)
+                headers = admission.headers
+                try:
+                    if isinstance(fmt, WholeResponse):
+                        fmt.accepted = True
+                        await relay_whole(stream, translator, fmt, exchange, clock, headers)
+                    else:
+                        await relay(stream, translator, exchange, clock, headers)
+                finally:
+                    _record_stream(log, translator, clock)
         finally:
             # The response starts only once the upstream accepted the request (it may charge);
             # a whole answer starts later, so its format says when the upstream accepted.
@@ -263,50 +318,6 @@ class GenerateHandler:
                 events=log.events,
                 unknown=exchange.stalled,
             )
-
-    async def _stream(
-        self,
-        exchange: Exchange,
-        log: RequestLog,
-        upstream_request: UpstreamRequest,
-        fmt: Format,
-        headers: list[Header],
-        started: float,
-    ) -> None:
-        """Call upstream and relay its stream within the invocation's deadline."""
-        upstream, limits = self.settings.upstream, self.settings.stream
-        deadline = invocation_deadline(limits, started, asyncio.get_running_loop().time())
-        cut_at = None if deadline is None else deadline - limits.deadline_margin
-
-        def attempted(target: Target) -> None:
-            log.attempts += 1
-            log.upstream = target.name
-
-        async with exchange:
-            try:
-                async with asyncio.timeout_at(cut_at):
-                    stream = await open_upstream(
-                        self.client, upstream_request, upstream, cut_at=cut_at, on_attempt=attempted
-                    )
-                del attempted  # not kept for the stream's lifetime
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    "The upstream did not answer before the function's time limit."
-                ) from None
-            if upstream_request.endpoint == "responses":
-                from lib.responses_upstream import ResponsesUpstream
-
-                stream = ResponsesUpstream(stream, upstream.max_line_bytes)
-            clock = clock_for(limits, idle=upstream.idle_timeout, started=started, cut_at=cut_at)
-            translator = translator_for(fmt, upstream, limits)
-            try:
-                if isinstance(fmt, WholeResponse):
-                    fmt.accepted = True
-                    await relay_whole(stream, translator, fmt, exchange, clock, headers)
-                else:
-                    await relay(stream, translator, exchange, clock, headers)
-            finally:
-                _record_stream(log, translator, clock)
 
     def _check_key(self) -> None:
         """The 500 that says to set the provider key, before any work for a request."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 
-from lib.asgi import Exchange, Header
+from lib.asgi import Exchange, Header, loop_clock
 from lib.clock import StreamClock
 from lib.config import StreamLimits, UpstreamSettings
 from lib.errors import APIError, BreakConnection
@@ -125,17 +125,15 @@ async def _pump(
 
     At real pacing every event is its own read, so this loop's fixed costs are paid per event:
     the clock is read once after a read and once after a write (each reading serves the next
-    step too), and the buffer is looked at without waiting only after a read that returned
-    data (after a wait it is always empty). A read bigger than 32 KiB (a backlog:
+    step too), and a read that finds bytes already buffered returns them without waiting (its
+    timer is the stream's one, already armed). A read bigger than 32 KiB (a backlog:
     the upstream is faster than the caller, or the instance is busy) is relayed in slices with
     the event loop let through in between, so that one fast stream cannot hold up every other
     stream and a new request's first byte for the whole of it."""
-    time = asyncio.get_running_loop().time
+    # No bound methods kept in locals: each is an object per open stream, for a lookup that
+    # costs next to nothing per event.
+    time = loop_clock(asyncio.get_running_loop())
     said = translator.said
-    feed = translator.feed
-    write = exchange.write
-    now = time()
-    more = False  # the last read returned data: more may have arrived while it was relayed
     backlog = b""  # the rest of a read too big for one step
     # At most this much of one read is relayed per step of the event loop (about 170 events of
     # a chat stream, under a millisecond of work); at real pacing a read is one event.
@@ -146,13 +144,8 @@ async def _pump(
             chunk, backlog = backlog[:slice_bytes], backlog[slice_bytes:]
             now = time()
         else:
-            wake = clock.wake()
-            # Bytes already buffered need no timer: a timeout per read costs more than relaying
-            # a small event does. A read that has to wait gets the clock's next wake-up.
-            chunk = stream.read_buffered() if more and now < wake else b""
             try:
-                if not chunk:
-                    chunk = await stream.read_before(wake)
+                chunk = await stream.read_before(clock.wake())
             except TimeoutError:
                 now = time()
                 expired = clock.expired(now)
@@ -160,23 +153,21 @@ async def _pump(
                     raise expired from None
                 ping = translator.keepalive()
                 if ping:
-                    await write(ping)
+                    await exchange.write(ping)
                     now = time()
                 clock.last_write = now
-                more = False
                 continue
             if not chunk:
                 translator.end()
                 return
             now = clock.last_data = time()
-            more = True
             if clock.first_data is None:
                 clock.first_data = now
             if len(chunk) > slice_bytes:
                 chunk, backlog = chunk[:slice_bytes], chunk[slice_bytes:]
-        out, failure = feed(chunk)
+        out, failure = translator.feed(chunk)
         if out:
-            await write(out, now)
+            await exchange.write(out, now)
             now = clock.last_write = time()
             if clock.first_write is None:
                 clock.first_write = now

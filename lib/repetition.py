@@ -14,7 +14,12 @@ before it) or cuts it, and a candidate whose run falls below the key's length is
 the key finds it again. When that happens the run is shorter than the key plus the delta, so the
 last ``max_period + key`` characters and the delta always hold all of it: that is the whole
 tail kept, and the runs are exact, not estimates. In ordinary text there is rarely a candidate,
-and a delta costs one search for the key in those few hundred characters.
+and a check costs one search for the key in those few hundred characters.
+
+A check runs once ``every`` new characters have come (32 by default), not on every delta: a
+model's delta is a token of a few characters, and the check is most of the relay's own work
+per token otherwise. The answer at a check is exact; a loop is reported at most ``every - 1``
+characters (plus the delta that brings them) after the window became periodic.
 """
 
 from __future__ import annotations
@@ -25,12 +30,16 @@ _KEY = 32
 class RepetitionDetector:
     """Feed text deltas; ``feed`` returns the period once the tail is one passage repeating."""
 
-    __slots__ = ("_keep", "_key", "_max_period", "_runs", "_tail", "_window")
+    __slots__ = ("_every", "_keep", "_key", "_max_period", "_pending", "_runs", "_tail", "_window")
 
-    def __init__(self, window: int, max_period: int) -> None:
+    def __init__(self, window: int, max_period: int, *, every: int = _KEY) -> None:
         if window and not 1 <= max_period <= window // 2:
             raise ValueError("max_period must be between 1 and window / 2")
+        if every < 1:
+            raise ValueError("every must be at least 1")
         self._window = window
+        self._every = every
+        self._pending = ""  # characters not checked yet, fewer than ``every``
         self._max_period = max_period
         # Every shift that can complete a window has a run of at least window - max_period.
         self._key = min(_KEY, window - max_period)
@@ -41,6 +50,17 @@ class RepetitionDetector:
     def feed(self, text: str) -> int | None:
         if not text or not self._window:
             return None
+        pending = self._pending
+        if pending:
+            text = pending + text
+        if len(text) < self._every:
+            self._pending = text
+            return None
+        self._pending = ""
+        return self._check(text)
+
+    def _check(self, text: str) -> int | None:
+        """The period, if the tail with ``text`` added is one passage repeating."""
         tail = self._tail + text
         n, m = len(tail), len(text)
         runs = self._runs

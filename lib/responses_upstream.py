@@ -330,10 +330,6 @@ class ResponsesUpstream(UpstreamStream):
                 return out
         return b""
 
-    def read_buffered(self) -> bytes:
-        raw = self._inner.read_buffered()
-        return self._convert.feed(self._decoder.feed(raw)) if raw else b""
-
     def close(self) -> None:
         self._stop_timer()
         self._inner.close()

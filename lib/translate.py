@@ -67,7 +67,7 @@ class Said:
 class Translator:
     """One stream's upstream events -> one output format's bytes (see the module docstring)."""
 
-    __slots__ = ("_decoder", "_delta", "_fmt", "_loops", "_other", "_secret", "said", "template")
+    __slots__ = ("_decoder", "_fmt", "_loops", "_secret", "said", "template")
 
     def __init__(
         self,
@@ -78,8 +78,6 @@ class Translator:
         repetition: tuple[int, int] | None = None,
     ) -> None:
         self._fmt = fmt
-        self._delta = fmt.delta  # bound once: looked up per event otherwise
-        self._other = fmt.other_delta
         self._decoder = SSEDecoder(max_line_bytes)
         self._secret = secret  # redacted from upstream error messages
         self._loops = None if repetition is None else RepetitionDetector(*repetition)
@@ -154,14 +152,14 @@ class Translator:
             if text is not None:
                 kind = template.kind
                 if kind == "content":
-                    out = self._delta(data, text, template.like)
+                    out = self._fmt.delta(data, text, template.like)
                 else:
-                    out = self._other(kind, data, text, template.like)
+                    out = self._fmt.other_delta(kind, data, text, template.like)
                 if out is not None:
                     if kind != "arguments" and self._loops is not None:
-                        looping = self._looping(text)
-                        if looping is not None:
-                            return b"", looping
+                        period = self._loops.feed(text)
+                        if period is not None:
+                            return b"", _repetitive(period)
                     if out:
                         said.events += 1
                     return out, None
@@ -220,16 +218,18 @@ class Translator:
 
     def _looping(self, text: str) -> APIError | None:
         """The error that cuts a looping model off, once ``text`` completes the loop; called
-        with every content delta (the fast path's included)."""
+        with every parsed content delta (the fast path calls the detector itself)."""
         if self._loops is None:
             return None
         period = self._loops.feed(text)
-        if period is None:
-            return None
-        return RepetitiveOutput(
-            f"The model kept repeating the same {period}-character passage; the response was "
-            "cut off and is incomplete."
-        )
+        return None if period is None else _repetitive(period)
+
+
+def _repetitive(period: int) -> RepetitiveOutput:
+    return RepetitiveOutput(
+        f"The model kept repeating the same {period}-character passage; the response was "
+        "cut off and is incomplete."
+    )
 
 
 _MALFORMED = (RecursionError, AttributeError, TypeError, KeyError, IndexError, ValueError)

@@ -152,17 +152,6 @@ class UpstreamStream:
         except (aiohttp.ClientError, RuntimeError) as exc:
             raise _broken(exc) from None
 
-    def read_buffered(self) -> bytes:
-        """What has already arrived, without waiting (``b""`` if nothing has, or at the end)."""
-        try:
-            return self._response.content.read_nowait()
-        except aiohttp.ClientError as exc:
-            raise UpstreamBroken(
-                f"The upstream connection broke mid-stream ({type(exc).__name__})."
-            ) from None
-        except RuntimeError:  # a stored "Connection closed." (the session closed under us)
-            raise UpstreamBroken("The upstream connection was closed mid-stream.") from None
-
     def close(self) -> None:
         """Drop the connection (a half-read stream cannot go back to the pool)."""
         self._stop_timer()

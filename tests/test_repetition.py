@@ -23,15 +23,20 @@ def feed_all(detector: RepetitionDetector, tokens: list[str]) -> tuple[int, int]
 
 def test_one_sentence_repeating_is_caught_after_the_window() -> None:
     sentence = "I'm sorry, I cannot do that. "  # 29 characters
-    tripped = feed_all(RepetitionDetector(2000, 200), tokenize(sentence * 200))
+    tokens = tokenize(sentence * 200)
+    tripped = feed_all(RepetitionDetector(2000, 200), tokens)
     assert tripped is not None
     index, found = tripped
     assert found == len(sentence)
-    assert len("".join(tokenize(sentence * 200)[: index + 1])) < 2000 + len(sentence)
+    # Checked every 32 characters: caught within 32 characters (and a token) of completing.
+    longest_token = max(len(token) for token in tokens)
+    assert len("".join(tokens[: index + 1])) < 2000 + len(sentence) + 32 + longest_token
 
 
 def test_a_single_token_repeating_is_caught() -> None:
-    assert feed_all(RepetitionDetector(500, 50), ["\n"] * 600) == (499, 1)
+    assert feed_all(RepetitionDetector(500, 50, every=1), ["\n"] * 600) == (499, 1)
+    # Checked every 32 characters by default: the first check at or after 500 is at 512.
+    assert feed_all(RepetitionDetector(500, 50), ["\n"] * 600) == (511, 1)
 
 
 def test_a_passage_longer_than_max_period_is_not_a_loop() -> None:
@@ -86,11 +91,30 @@ def test_the_detector_agrees_with_the_definition_after_every_delta(
     """Exact, not a heuristic: after each delta it reports what the definition says of all the
     text so far, though it keeps only the last max_period + 32 characters."""
     max_period = min(max_period, window // 2)
-    detector = RepetitionDetector(window, max_period)
+    detector = RepetitionDetector(window, max_period, every=1)
     text = ""
     for token in tokens:
         text += token
         assert detector.feed(token) == looping_at(text, window, max_period), (text, token)
+
+
+@settings(max_examples=400, deadline=None)
+@given(deltas, st.integers(2, 120), st.integers(1, 60), st.integers(2, 40))
+def test_a_check_every_few_characters_agrees_with_the_definition_at_each_check(
+    tokens: list[str], window: int, max_period: int, every: int
+) -> None:
+    """Checked once ``every`` new characters have come: at each check it reports what the
+    definition says of all the text so far, and between checks nothing."""
+    max_period = min(max_period, window // 2)
+    detector = RepetitionDetector(window, max_period, every=every)
+    text, unchecked = "", 0
+    for token in tokens:
+        text += token
+        unchecked += len(token)
+        expected = None
+        if unchecked >= every:
+            expected, unchecked = looping_at(text, window, max_period), 0
+        assert detector.feed(token) == expected, (text, token)
 
 
 @settings(max_examples=400, deadline=None)
@@ -111,7 +135,7 @@ def test_a_loop_at_the_longest_periods_is_caught_exactly_when_it_completes(
     window = 2 * max_period + extra
     text = noise + passage * (window // p + 3)
     cuts = data.draw(st.lists(st.integers(1, 40), min_size=1, max_size=10))
-    detector = RepetitionDetector(window, max_period)
+    detector = RepetitionDetector(window, max_period, every=1)
     fed, i = "", 0
     while len(fed) < len(text):
         token = text[len(fed) : len(fed) + cuts[i % len(cuts)]]

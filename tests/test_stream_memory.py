@@ -19,7 +19,7 @@ from lib import translate
 from lib.asgi import TIMER_CONTEXT, Exchange
 from lib.config import load_settings
 from lib.handler import GenerateHandler, serve
-from lib.request import GenerateRequest
+from lib.request import GenerateRequest, UpstreamRequest
 from lib.upstream import UpstreamStream
 from tests.conftest import CANARY_KEY, serve_asgi
 from tests.streams import post, read_until
@@ -80,6 +80,15 @@ async def test_the_parsed_request_is_not_held_while_the_stream_runs(
     assert [obj for obj in new if isinstance(obj, GenerateRequest)] == []
 
 
+async def test_the_upstream_request_is_not_held_once_the_upstream_answered(
+    held_open: Callable[[], Awaitable[list[object]]],
+) -> None:
+    """Its body is the whole prompt: a long chat history would be held for the stream's
+    lifetime otherwise."""
+    new = await held_open()
+    assert [obj for obj in new if isinstance(obj, UpstreamRequest)] == []
+
+
 async def test_the_template_chunk_keeps_the_modules_own_key_strings(
     held_open: Callable[[], Awaitable[list[object]]],
 ) -> None:
@@ -124,7 +133,6 @@ async def test_an_open_stream_holds_only_the_relays_own_chain_of_coroutines(
     assert chain == [
         "RequestLogging.__call__",
         "GenerateHandler.__call__",
-        "GenerateHandler._handle",
         "GenerateHandler._stream",
         "relay",
         "_pump",
