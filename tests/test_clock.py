@@ -1,9 +1,14 @@
-"""The stream clock answers "what expires next" from the times it is given: no sleeping."""
+"""The stream clock answers "what expires next" from the times it is given: no sleeping; and
+the relay reads the loop's own clock."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
+from lib.asgi import loop_clock
 from lib.clock import StreamClock
 from lib.errors import DeadlineExceeded, StreamTooLong, UpstreamTimeout
 
@@ -70,3 +75,23 @@ def test_write_waiting_at_the_streams_end_has_stalled() -> None:
 
 def test_log_milliseconds_count_from_the_request() -> None:
     assert clock().ms(101.5) == 1500.0
+
+
+async def test_the_relays_clock_is_the_loops_own() -> None:
+    """On asyncio's loops the relay reads ``time.monotonic`` itself (what ``loop.time`` wraps,
+    without its Python frame); a loop with its own clock keeps it."""
+    loop = asyncio.get_running_loop()
+    assert type(loop).time is asyncio.BaseEventLoop.time
+    assert loop_clock(loop) is time.monotonic
+    before = loop.time()
+    assert before <= loop_clock(loop)() <= loop.time()
+
+    class OwnClock(asyncio.SelectorEventLoop):
+        def time(self) -> float:
+            return 42.0
+
+    other = OwnClock()
+    try:
+        assert loop_clock(other)() == 42.0
+    finally:
+        other.close()
