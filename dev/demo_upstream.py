@@ -8,18 +8,25 @@ benchmark's upstream. It doubles as documentation of the protocol (docs/protocol
 ``POST /v1/chat/completions`` answers ``content-type: text/event-stream; charset=utf-8`` with::
 
     data: {"id":"chatcmpl-demo1","object":"chat.completion.chunk","created":1700000000,
-           "model":"<echoed>","choices":[{"index":0,"delta":{"role":"assistant","content":""},
-           "finish_reason":null}]}
-    data: {... "choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":null}]}
-    data: {... "choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}
-    data: {... "choices":[],"usage":{"prompt_tokens":3,"completion_tokens":9,"total_tokens":12}}
+           "model":"<echoed>","service_tier":"default","system_fingerprint":"fp_demo",
+           "choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,
+           "finish_reason":null}],"obfuscation":"Kq3v"}
+    data: {... "choices":[{"index":0,"delta":{"content":"Hello"},"logprobs":null,
+           "finish_reason":null}],"obfuscation":"Kq3vZ9xW1bY"}
+    data: {... "choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}],
+           "obfuscation":""}
+    data: {... "choices":[],"usage":{"prompt_tokens":3,"completion_tokens":9,"total_tokens":12},
+           "obfuscation":"Kq3vZ9x"}
     data: [DONE]
 
-(each event ends with a blank line). ``POST /v1/completions`` is the same with
-``"object":"text_completion"``, ``choices[0].text`` and ``"logprobs":null``, and no opening role
-chunk. The usage chunk comes only when the request has ``stream_options.include_usage: true``;
-then, as OpenAI does, every other chunk carries ``"usage":null``. JSON is compact and non-ASCII
-is sent raw (UTF-8), as OpenAI sends it, so a character can straddle two writes.
+(each event ends with a blank line). Every chat chunk carries OpenAI's ``service_tier``,
+``system_fingerprint``, ``logprobs: null`` and the ``obfuscation`` padding, a string of varying
+length that differs from chunk to chunk, as OpenAI streams by default. ``POST /v1/completions``
+is the same with ``"object":"text_completion"``, ``choices[0].text`` and ``"logprobs":null``,
+no padding and no opening role chunk. The usage chunk comes only when the request has
+``stream_options.include_usage: true``; then, as OpenAI does, every other chunk carries
+``"usage":null``. JSON is compact and non-ASCII is sent raw (UTF-8), as OpenAI sends it, so a
+character can straddle two writes.
 ``GET /v1/models`` lists a few models. A body that is not a JSON object, or lacks
 ``"stream": true``, gets a 400 in OpenAI's error shape. Any ``Authorization`` header (or none)
 is accepted and recorded.
@@ -56,6 +63,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import re
 import socket
@@ -79,6 +87,10 @@ DEMO_REPLY = (
 )
 REASONING = "The user wants an answer. I will think it through briefly, then reply."
 CREATED = 1700000000
+FINGERPRINT = "fp_demo"
+# OpenAI pads every chat chunk with a random ``obfuscation`` string of varying length (against
+# side channels that read token lengths from packet sizes): the same, from a fixed cycle.
+PADDING = tuple("Kq3vZ9xW1bYp7TnR"[:n] for n in (4, 11, 0, 7, 2, 15, 9, 1, 13, 5))
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 HUGE_PIECE = 64 * 1024
 MODELS = ("demo-model", "gpt-4o-mini", "gpt-3.5-turbo-instruct")
@@ -188,31 +200,43 @@ class _Chunks:
     model: str
     include_usage: bool
 
+    pads: Iterator[str] = field(default_factory=lambda: itertools.cycle(PADDING))
+
     def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        kind = "chat.completion.chunk" if self.chat else "text_completion"
-        chunk = {"id": self.id, "object": kind, "created": CREATED, "model": self.model}
+        if not self.chat:
+            chunk = {"id": self.id, "object": "text_completion", "created": CREATED}
+            chunk |= {"model": self.model, "choices": choices}
+            if self.include_usage:
+                chunk["usage"] = None
+            return chunk
+        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": CREATED}
+        chunk |= {"model": self.model, "service_tier": "default", "system_fingerprint": FINGERPRINT}
         chunk["choices"] = choices
         if self.include_usage:
             chunk["usage"] = None
+        chunk["obfuscation"] = next(self.pads)  # a different padding string in every chunk
         return chunk
 
     def _choice(self, text: str | None, finish_reason: str | None) -> dict[str, Any]:
         if self.chat:
             delta = {} if text is None else {"content": text}
-            return {"index": 0, "delta": delta, "finish_reason": finish_reason}
+            return self._chat_choice(delta, finish_reason)
         return {"text": text or "", "index": 0, "logprobs": None, "finish_reason": finish_reason}
+
+    @staticmethod
+    def _chat_choice(delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
     def opening(self) -> dict[str, Any] | None:
         if not self.chat:
             return None
-        delta = {"role": "assistant", "content": ""}
-        return self._envelope([{"index": 0, "delta": delta, "finish_reason": None}])
+        return self._envelope([self._chat_choice({"role": "assistant", "content": ""}, None)])
 
     def content(self, text: str) -> dict[str, Any]:
         return self._envelope([self._choice(text, None)])
 
     def delta(self, delta: dict[str, Any]) -> dict[str, Any]:
-        return self._envelope([{"index": 0, "delta": delta, "finish_reason": None}])
+        return self._envelope([self._chat_choice(delta, None)])
 
     def tool_start(self, call_id: str, name: str) -> dict[str, Any]:
         function = {"name": name, "arguments": ""}

@@ -33,7 +33,7 @@ from typing import Any
 
 from lib.asgi import Header
 from lib.errors import APIError
-from lib.formats import SSE_HEADERS, Chunk
+from lib.formats import SSE_HEADERS, Chunk, Template
 from lib.sse import DONE, encode_comment, encode_json
 
 UI_HEADERS: tuple[Header, ...] = (
@@ -245,7 +245,7 @@ class UIMessageStream:
         self._calls.clear()
         return b"".join(out)
 
-    def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
+    def delta(self, data: str, text: str, template: Template) -> bytes | None:
         """The relay's fast path for a plain content chunk (see lib/formats.py)."""
         if not text:
             return b""
@@ -254,10 +254,10 @@ class UIMessageStream:
         escaped = text if text.isascii() else json.dumps(text)[1:-1]
         return _TEXT_DELTA_HEAD + escaped.encode("ascii") + _TEXT_DELTA_TAIL
 
-    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+    def other_delta(self, kind: str, data: str, text: str, template: Template) -> bytes | None:
         """The fast path for reasoning and tool-argument chunks, once their part is open."""
         if kind == "arguments":
-            call = self._calls.get(like["choices"][0]["delta"]["tool_calls"][0]["index"])
+            call = self._calls.get(template.like["choices"][0]["delta"]["tool_calls"][0]["index"])
             if call is None or not call.started or self._reasoning_open:
                 return None  # the slow path opens the call (or ends the reasoning) first
             if not text:
@@ -333,11 +333,11 @@ class TextStream:
     def chunk(self, data: str, chunk: Chunk) -> bytes:
         return text_of(chunk).encode("utf-8")
 
-    def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
+    def delta(self, data: str, text: str, template: Template) -> bytes | None:
         """The relay's fast path for a plain content chunk (see lib/formats.py)."""
         return text.encode("utf-8")
 
-    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+    def other_delta(self, kind: str, data: str, text: str, template: Template) -> bytes | None:
         return b""  # reasoning is not part of the text (and tools never reach this format)
 
     def close(self) -> bytes:

@@ -30,6 +30,23 @@ SSE_HEADERS: tuple[Header, ...] = (
 Chunk = dict[str, Any]
 
 
+class Template(Protocol):
+    """What the fast path hands a format about a stream's plain chunks
+    (lib/translate.ContentTemplate)."""
+
+    head: str  # the chunk's JSON before its string
+
+    @property
+    def canonical(self) -> bool:
+        """Whether that JSON, and all of it after the string, is what encode_json writes."""
+        ...
+
+    @property
+    def like(self) -> Chunk:
+        """A parsed chunk identical to the one relayed but for its string."""
+        ...
+
+
 class Format(Protocol):
     """What differs per output format; :class:`lib.translate.Translator` does the rest.
 
@@ -50,13 +67,14 @@ class Format(Protocol):
         """One upstream chunk (its raw JSON text and parsed form) as output bytes."""
         ...
 
-    def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
+    def delta(self, data: str, text: str, template: Template) -> bytes | None:
         """A plain content chunk left unparsed (lib/translate.py, ContentTemplate): its raw
-        JSON, its text (no quote, backslash or control character) and ``like``, a parsed chunk
-        identical but for the text."""
+        JSON, its text (no quote, backslash or control character) and the template, whose
+        ``like`` is a parsed chunk identical but for the text (parsed when first asked for:
+        ask only when the answer needs it)."""
         ...
 
-    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+    def other_delta(self, kind: str, data: str, text: str, template: Template) -> bytes | None:
         """The same for a chunk whose delta holds only reasoning (``kind`` reasoning_content or
         reasoning) or only one tool call's next arguments fragment (``kind`` arguments)."""
         ...
@@ -83,6 +101,20 @@ def _as_is(data: str) -> bytes | None:
     return None
 
 
+def _respelled(data: str, text: str, template: Template) -> bytes | None:
+    """What ``encode_json`` writes for a plain chunk whose JSON is canonical but for the
+    non-ASCII in its string (raw UTF-8, as OpenAI sends it): the same JSON with that string
+    escaped. None when the template's JSON is not canonical or the rest is not ASCII."""
+    if not template.canonical:
+        return None
+    head = template.head
+    rest = data[len(head) + len(text) :]  # up to the end, OpenAI's padding included
+    if not rest.isascii():
+        return None
+    escaped = _ESCAPE.encode(text)[1:-1]
+    return b"data: " + (head + escaped + rest).encode("ascii") + b"\n\n"
+
+
 class OpenAIChat:
     """``chat.completion.chunk`` events, for ``messages`` requests (and the openai SDKs)."""
 
@@ -102,19 +134,28 @@ class OpenAIChat:
         out = _as_is(data)
         return encode_json(chunk) if out is None else out
 
-    def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
+    def delta(self, data: str, text: str, template: Template) -> bytes | None:
         """A plain content chunk: as it is when canonical, else re-encoded around its text."""
         out = _as_is(data)
-        return self._splice.event(like, text) if out is None else out
+        if out is not None:
+            return out
+        out = _respelled(data, text, template)
+        if out is not None:
+            return out
+        like = template.like
+        # OpenAI's padding differs in every chunk, and is relayed: not in the template's chunk.
+        return None if "obfuscation" in like else self._splice.event(like, text)
 
     @staticmethod
     def _with_text(like: Chunk, text: str) -> Chunk:
         choice = like["choices"][0]
         return {**like, "choices": [{**choice, "delta": {**choice["delta"], "content": text}}]}
 
-    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
-        """Reasoning and tool-argument chunks: relayed as they are when canonical."""
-        return _as_is(data)
+    def other_delta(self, kind: str, data: str, text: str, template: Template) -> bytes | None:
+        """Reasoning and tool-argument chunks: relayed as they are when canonical, their
+        string's non-ASCII escaped when only that is not."""
+        out = _as_is(data)
+        return _respelled(data, text, template) if out is None else out
 
     def close(self) -> bytes:
         return DONE
@@ -137,8 +178,9 @@ class OpenAICompletion(OpenAIChat):
             return b""
         return encode_json(to_completion(chunk))
 
-    def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
+    def delta(self, data: str, text: str, template: Template) -> bytes | None:
         """A plain content chunk: the completion chunk around the text is encoded once."""
+        like = template.like
         if like.get("object") != "chat.completion.chunk":
             return None
         return self._splice.event(like, text)
@@ -149,7 +191,7 @@ class OpenAICompletion(OpenAIChat):
         completion["choices"][0]["text"] = text
         return completion
 
-    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+    def other_delta(self, kind: str, data: str, text: str, template: Template) -> bytes | None:
         return None  # converted on the slow path (completion chunks have no such fields)
 
     def keepalive(self) -> bytes | None:
@@ -270,24 +312,26 @@ class WholeResponse:
             if chunk.get("system_fingerprint") is not None:
                 self._meta["system_fingerprint"] = chunk["system_fingerprint"]
 
-    def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
+    def delta(self, data: str, text: str, template: Template) -> bytes | None:
         """The relay's fast path for a plain content chunk: its text is all it adds."""
-        self._learn(like)
+        if not self._meta:  # learned from the chunk the template came from, as a rule
+            self._learn(template.like)
         self.chunks += 1
         self._text.append(text)
         return b""
 
-    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+    def other_delta(self, kind: str, data: str, text: str, template: Template) -> bytes | None:
         """The fast path for reasoning and tool-argument chunks (see :meth:`delta`)."""
         if kind == "arguments":
-            call = self._calls.get(like["choices"][0]["delta"]["tool_calls"][0]["index"])
+            call = self._calls.get(template.like["choices"][0]["delta"]["tool_calls"][0]["index"])
             if call is None:
                 return None  # a call's first fragment: the slow path opens it
             call["function"]["arguments"] += text
         elif text:
             self._reasoning_key = kind
             self._reasoning.append(text)
-        self._learn(like)
+        if not self._meta:  # learned from the chunk the template came from, as a rule
+            self._learn(template.like)
         self.chunks += 1
         return b""
 

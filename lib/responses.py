@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from lib.config import RequestLimits
 from lib.errors import APIError, RequestError
-from lib.formats import SSE_HEADERS, Chunk, WholeResponse
+from lib.formats import SSE_HEADERS, Chunk, Template, WholeResponse
 from lib.negotiate import requested_format
 from lib.request import GenerateRequest, parse_request, parse_sized
 from lib.sse import encode_comment
@@ -655,15 +655,15 @@ class ResponsesStream:
             self._finish = reason
         return b"".join(out)
 
-    def delta(self, data: str, text: str, like: Chunk) -> bytes | None:
+    def delta(self, data: str, text: str, template: Template) -> bytes | None:
         """The relay's fast path for a plain content chunk: exactly what ``chunk`` writes."""
         return self._say(text, refusal=False) if text else b""
 
-    def other_delta(self, kind: str, data: str, text: str, like: Chunk) -> bytes | None:
+    def other_delta(self, kind: str, data: str, text: str, template: Template) -> bytes | None:
         """The fast path for reasoning and tool-argument chunks (see :meth:`delta`)."""
         if kind != "arguments":
             return self._think(text) if text else b""
-        index = like["choices"][0]["delta"]["tool_calls"][0]["index"]
+        index = template.like["choices"][0]["delta"]["tool_calls"][0]["index"]
         call = {"index": index, "function": {"arguments": text}}
         return self._end_reasoning() + self._end_text() + self._call(call, 0)
 

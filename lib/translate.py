@@ -48,7 +48,7 @@ from lib.errors import (
 from lib.formats import Format
 from lib.log import warn
 from lib.repetition import RepetitionDetector
-from lib.sse import Event, LineTooLong, SSEDecoder
+from lib.sse import Event, LineTooLong, SSEDecoder, encode_json
 
 
 class Said:
@@ -147,14 +147,14 @@ class Translator:
         if not data:
             return b"", None
         said, template = self.said, self.template
-        if template.like is not None:
+        if template.head:  # a template was learned
             text = template.match(data)
             if text is not None:
                 kind = template.kind
                 if kind == "content":
-                    out = self._fmt.delta(data, text, template.like)
+                    out = self._fmt.delta(data, text, template)
                 else:
-                    out = self._fmt.other_delta(kind, data, text, template.like)
+                    out = self._fmt.other_delta(kind, data, text, template)
                 if out is not None:
                     if kind != "arguments" and self._loops is not None:
                         period = self._loops.feed(text)
@@ -267,23 +267,38 @@ class ContentTemplate:
     Most chunks of a stream differ only in one string: same id, model and created, one choice,
     ``finish_reason`` null, no usage and no error, and a delta that holds only ``content``, or
     only reasoning (``reasoning_content`` / ``reasoning``), or only one tool call's next
-    ``arguments`` fragment (``{"index": n, "function": {"arguments": ...}}``). After parsing
-    such a chunk whose string has no quote, backslash or control character, the JSON before and
-    after that string is kept, with its ``kind``. A later chunk that starts and ends with
-    exactly that JSON, and whose middle again has no quote, backslash or control character, is
-    the same document with another string: valid JSON, no finish reason, no usage, no error,
-    so nothing the slow path would learn from it is lost. Anything else (other fields, escapes,
-    a finish reason, usage, errors, ``[DONE]``, invalid JSON) takes the slow path, which also
-    re-learns the template.
+    ``arguments`` fragment (``{"index": n, "function": {"arguments": ...}}``). Other fields may
+    be there as the real APIs send them, as long as they cannot say anything: scalars at the top
+    (OpenAI's ``service_tier`` and ``system_fingerprint``, OpenRouter's ``provider``), nulls in
+    the choice (``logprobs``, ``native_finish_reason``). After parsing such a chunk whose string
+    has no quote, backslash or control character, the JSON before and after that string is
+    kept, with its ``kind``. A later chunk that starts and ends with exactly that JSON, and
+    whose middle again has no quote, backslash or control character, is the same document with
+    another string: valid JSON, no finish reason, no usage, no error, so nothing the slow path
+    would learn from it is lost. Anything else (other fields, escapes, a finish reason, usage,
+    errors, ``[DONE]``, invalid JSON) takes the slow path, which also re-learns the template.
+
+    OpenAI pads every chunk with a random ``obfuscation`` string (against side channels that
+    read token lengths from packet sizes), so its chunks differ in two strings. When the learned
+    chunk has one, the template has a second hole for it: head, text, ``mid``, padding, tail,
+    the text ending at its closing quote (it has none inside). The padding is relayed as the
+    upstream sent it wherever the format carries it.
+
+    The parsed chunk (:attr:`like`) is made from the template only when a format asks for it
+    (to encode its own chunk around a text, say): a chat stream relayed as it is never does,
+    and the parsed chunk would be about a kilobyte more for every open stream.
     """
 
-    __slots__ = ("head", "kind", "like", "tail")
+    __slots__ = ("_canonical", "_like", "head", "kind", "mid", "padded", "tail")
 
     def __init__(self) -> None:
-        self.like: dict[str, Any] | None = None  # the parsed chunk the template came from
+        self._like: dict[str, Any] | None = None  # parsed on first use, then kept
         self.kind = "content"  # content, reasoning_content, reasoning or arguments
         self.head = ""
-        self.tail = ""
+        self.mid = ""  # after the text: up to the padding when padded, else to the end
+        self.tail = ""  # after the padding ("" when not padded)
+        self.padded = False  # the chunk has OpenAI's ``obfuscation`` string
+        self._canonical: bool | None = None  # worked out on first use, then kept
 
     def learn(self, data: str, chunk: dict[str, Any]) -> None:
         found = _plain_text(chunk)
@@ -295,23 +310,79 @@ class ContentTemplate:
         if start < 0 or data.count(key) != 1:
             return  # spelled differently by the upstream, or ambiguous: no template
         cut = start + len(key)
-        self.head, self.tail, self.like = data[:cut], data[cut + len(text) :], _shared(chunk)
-        self.kind = kind
+        end = cut + len(text)
+        pad = chunk.get("obfuscation")
+        if pad is None:
+            self.mid, self.tail, self.padded = data[end:], "", False
+        else:
+            if not isinstance(pad, str) or _UNSAFE_TEXT.search(pad) or data.count(_PAD_KEY) != 1:
+                return
+            at = data.find(_PAD_KEY + pad + '"', end)
+            if at < 0:
+                return  # before the text, or spelled differently: no template
+            after = at + len(_PAD_KEY)
+            self.mid, self.tail, self.padded = data[end:after], data[after + len(pad) :], True
+        self.head, self.kind, self._like, self._canonical = data[:cut], kind, None, None
+
+    @property
+    def learned(self) -> bool:
+        return bool(self.head)
+
+    @property
+    def canonical(self) -> bool:
+        """Whether the JSON around the string (and the padding) is exactly what encode_json
+        writes (compact, ASCII, the upstream's order): a format may then re-escape the string
+        alone. Worked out when first asked (one parse and one encoding), not on every learn."""
+        canonical = self._canonical
+        if canonical is None:
+            assert self.head, "no template learned"
+            blank = self.head + self.mid + self.tail  # the same chunk with its strings empty
+            encoded = encode_json(_DECODER.decode(blank))
+            canonical = self._canonical = encoded == f"data: {blank}\n\n".encode()
+        return canonical
+
+    @property
+    def like(self) -> dict[str, Any]:
+        """The template's chunk, parsed (its string and padding empty: they are what differs),
+        once a template is learned. Its keys are the module's own strings."""
+        like = self._like
+        if like is None:
+            assert self.head, "no template learned"
+            like = self._like = _shared(_DECODER.decode(self.head + self.mid + self.tail))
+        return like
 
     def match(self, data: str) -> str | None:
         """The chunk's string if it is a plain chunk of the template's shape, else None."""
-        head, tail = self.head, self.tail
-        if len(data) >= len(head) + len(tail) and data.startswith(head) and data.endswith(tail):
-            text = data[len(head) : len(data) - len(tail)]
-            if _UNSAFE_TEXT.search(text) is None:
-                return text
-        return None
+        head, mid = self.head, self.mid
+        if not data.startswith(head):
+            return None
+        if not self.padded:
+            if len(data) >= len(head) + len(mid) and data.endswith(mid):
+                text = data[len(head) : len(data) - len(mid)]
+                if _UNSAFE_TEXT.search(text) is None:
+                    return text
+            return None
+        # The text ends at the first quote; the padding runs from the mid to the tail.
+        end = data.find('"', len(head))
+        tail = self.tail
+        if end < 0 or not data.startswith(mid, end) or not data.endswith(tail):
+            return None
+        rest = end + len(mid)
+        if rest > len(data) - len(tail):
+            return None
+        if _UNSAFE_TEXT.search(data, len(head), end) or _UNSAFE_TEXT.search(
+            data, rest, len(data) - len(tail)
+        ):
+            return None
+        return data[len(head) : end]
 
 
 # In a JSON string these three need escapes; their absence makes the text its own JSON form.
 _UNSAFE_TEXT = re.compile(r'[\x00-\x1f"\\]')
 _PLAIN_KEYS = frozenset({"id", "object", "created", "model", "system_fingerprint", "usage"})
 _TEXT_KINDS = frozenset({"content", "reasoning_content", "reasoning"})
+_CHOICE_KEYS = frozenset({"index", "delta", "finish_reason"})
+_PAD_KEY = '"obfuscation":"'
 
 
 def _plain_text(chunk: dict[str, Any]) -> tuple[str, str] | None:
@@ -320,11 +391,14 @@ def _plain_text(chunk: dict[str, Any]) -> tuple[str, str] | None:
     choices = chunk.get("choices")
     if chunk.get("usage") is not None or not isinstance(choices, list) or len(choices) != 1:
         return None
-    if any(key != "choices" and key not in _PLAIN_KEYS for key in chunk):
-        return None
+    for key, value in chunk.items():  # other fields: scalars that say nothing (no error)
+        if key != "choices" and (key == "error" or isinstance(value, (dict, list))):
+            return None
     choice = choices[0]
-    if not isinstance(choice, dict) or choice.keys() != {"index", "delta", "finish_reason"}:
+    if not isinstance(choice, dict) or not choice.keys() >= _CHOICE_KEYS:
         return None
+    if any(value is not None for key, value in choice.items() if key not in _CHOICE_KEYS):
+        return None  # logprobs and the like, when they carry something
     delta = choice["delta"]
     if choice["finish_reason"] is not None or not isinstance(delta, dict) or len(delta) != 1:
         return None
@@ -350,6 +424,10 @@ _SHARED = {
     for name in (
         *_PLAIN_KEYS,
         *_TEXT_KINDS,
+        "service_tier",
+        "default",
+        "logprobs",
+        "obfuscation",
         "choices",
         "index",
         "delta",

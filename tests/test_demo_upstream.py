@@ -131,13 +131,29 @@ async def test_chat_stream_has_openai_shape(client: Client) -> None:
         assert chunk["created"] == 1700000000
         assert chunk["model"] == "m-1"
         assert "usage" not in chunk
+        # The fields OpenAI adds to every chunk, in its order.
+        assert chunk["service_tier"] == "default"
+        assert chunk["system_fingerprint"] == "fp_demo"
+        assert list(chunk) == [
+            "id",
+            "object",
+            "created",
+            "model",
+            "service_tier",
+            "system_fingerprint",
+            "choices",
+            "obfuscation",
+        ]
+    # OpenAI's padding: a string that differs in length from chunk to chunk.
+    pads = [c["obfuscation"] for c in chunks]
+    assert all(isinstance(p, str) and (p.isalnum() or p == "") for p in pads)
+    assert len({len(p) for p in pads}) > 5
     first, *middle, last = (c["choices"] for c in chunks)
-    assert first == [
-        {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-    ]
+    opening = {"role": "assistant", "content": ""}
+    assert first == [{"index": 0, "delta": opening, "logprobs": None, "finish_reason": None}]
     assert [c[0]["delta"]["content"] for c in middle] == tokenize(DEMO_REPLY)
-    assert all(c[0]["finish_reason"] is None for c in middle)
-    assert last == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+    assert all(c[0]["finish_reason"] is None and c[0]["logprobs"] is None for c in middle)
+    assert last == [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]
 
 
 async def test_completion_stream_has_openai_shape(client: Client) -> None:

@@ -3,13 +3,14 @@ exactly what the slow path does: same bytes, same finish reason and usage, same 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
 
 from lib.errors import APIError
 from lib.formats import Format, OpenAIChat, OpenAICompletion
-from lib.sse import Event
+from lib.sse import Event, encode_json
 from lib.translate import ContentTemplate, Said, Translator
 
 HEAD = '{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":'
@@ -74,7 +75,7 @@ def test_fast_path_is_taken_for_plain_chunks() -> None:
     translator = Translator(OpenAIChat(include_usage=False))
     translator.feed_events([Event(content("Hello"))])
     template = translator.template
-    assert template.like is not None
+    assert template.learned
     assert template.match(content(" more text")) == " more text"
     assert template.match(content("x", reason='"stop"')) is None
     assert template.match(content("a\\nb")) is None
@@ -100,6 +101,113 @@ def test_fast_path_matches_slow_path_ai_formats(start: int) -> None:
         slow, slow_outcome = run(make(), datas, fast=False)
         assert fast == slow, make
         assert fast_outcome.events == slow_outcome.events
+
+
+# The chunks as OpenAI sends them: more fields that say nothing, and a random padding string in
+# every chunk (``obfuscation``, on by default), which the template's second hole takes.
+REAL_HEAD = (
+    '{"id":"chatcmpl-C3jm","object":"chat.completion.chunk","created":1755007032,'
+    '"model":"gpt-4o-2024-08-06","service_tier":"default","system_fingerprint":"fp_7eeb46f068",'
+    '"choices":'
+)
+
+
+def real(
+    text: str, *, pad: str = "x1", reason: str = "null", usage: str = "null", logprobs: str = "null"
+) -> str:
+    choice = (
+        f'[{{"index":0,"delta":{{"content":"{text}"}},"logprobs":{logprobs},'
+        f'"finish_reason":{reason}}}]'
+    )
+    return f'{REAL_HEAD}{choice},"usage":{usage},"obfuscation":"{pad}"}}'
+
+
+REAL_STREAM = [
+    real("Hello", pad="a"),  # learns the template with its padding hole
+    real(" world", pad="Xy3kP0qZ"),
+    real(" sch\u00f6n \U0001f680", pad="bb"),  # raw UTF-8: re-encoded, the padding with it
+    real(" more", pad=""),  # empty padding
+    real(" pad", pad='x\\"y'),  # an escaped quote in the padding: slow path
+    real('x","obfuscation":"', pad="z"),  # injection attempt through the text
+    real("x", pad='z","finish_reason":"stop'),  # and through the padding
+    real(" t", logprobs='{"content":[]}'),  # logprobs that say something: slow path
+    real("tab\there", pad="c"),  # a raw control character: invalid JSON
+    real(" p", pad="tab\tpad"),  # in the padding too
+    real(" ok", pad="Q"),
+    real("", reason='"stop"'),
+    f'{REAL_HEAD}[],"usage":{USAGE},"obfuscation":"q"}}',
+    real(" after", pad="w"),
+    "[DONE]",
+]
+
+
+@pytest.mark.parametrize("start", range(len(REAL_STREAM)))
+def test_fast_path_matches_slow_path_for_chunks_as_openai_sends_them(start: int) -> None:
+    from lib.aisdk import TextStream, UIMessageStream
+
+    datas = REAL_STREAM[start:] + REAL_STREAM[:start]
+    makers: list[Callable[[], Format]] = [
+        lambda: OpenAIChat(include_usage=True),
+        lambda: OpenAIChat(include_usage=False),
+        lambda: OpenAICompletion(include_usage=False),
+        UIMessageStream,
+        TextStream,
+    ]
+    for make in makers:
+        fast, fast_outcome = run(make(), datas, fast=True)
+        slow, slow_outcome = run(make(), datas, fast=False)
+        assert fast == slow, make()
+        for name in ("done", "events", "finish_reason", "usage"):
+            assert getattr(fast_outcome, name) == getattr(slow_outcome, name), name
+
+
+def test_fast_path_is_taken_for_chunks_as_openai_sends_them() -> None:
+    translator = Translator(OpenAIChat(include_usage=False))
+    translator.feed_events([Event(real("Hello", pad="a"))])
+    template = translator.template
+    assert template.learned
+    assert template.padded
+    assert template.match(real(" more text", pad="Zz9Q")) == " more text"
+    assert template.match(real(" more", pad="")) == " more"
+    assert template.match(real("x", pad='a\\"b')) is None
+    assert template.match(real("x", logprobs='{"content":[]}')) is None
+    assert template.match(real("x", reason='"stop"')) is None
+    assert template.match(real("x", usage=USAGE)) is None
+    # As it is, padding and all: the same bytes the upstream sent.
+    out, failure = translator.feed_events([Event(real(" again", pad="p4d"))])
+    assert (out, failure) == (b"data: " + real(" again", pad="p4d").encode() + b"\n\n", None)
+
+
+def test_non_ascii_text_in_a_padded_chunk_is_escaped_without_parsing() -> None:
+    """Raw UTF-8 text (as OpenAI sends it) makes a chunk non-canonical; when the rest of its JSON
+    is canonical, the chat format escapes that string alone: what encode_json writes for it,
+    padding included, with no parse."""
+    translator = Translator(OpenAIChat(include_usage=False))
+    translator.feed_events([Event(real("Hello", pad="a"))])
+    template = translator.template
+    assert template.canonical
+    data = real(" sch\u00f6n \U0001f680", pad="Zq9")
+    text = template.match(data)
+    assert text == " sch\u00f6n \U0001f680"
+    out = OpenAIChat(include_usage=False).delta(data, text, template)
+    assert out == encode_json(json.loads(data))
+    assert b"\\u00f6" in out
+    assert b'"obfuscation":"Zq9"' in out
+
+
+def test_a_template_from_non_compact_json_is_not_canonical() -> None:
+    translator = Translator(OpenAIChat(include_usage=False))
+    translator.feed_events([Event(content("Hello").replace('"model":"m"', '"model": "m"'))])
+    assert translator.template.learned
+    assert not translator.template.canonical
+
+
+def test_fields_that_could_say_something_keep_a_chunk_off_the_fast_path() -> None:
+    for extra in ('"x_groq":{"id":"r1"},', '"error":"x",', '"warnings":[],'):
+        chunk = content("Hello").replace('"choices":', extra + '"choices":', 1)
+        translator = Translator(OpenAIChat(include_usage=False))
+        translator.feed_events([Event(chunk)])
+        assert not translator.template.learned, extra
 
 
 def delta_chunk(delta: str, *, reason: str = "null") -> str:

@@ -20,7 +20,7 @@ from lib.relay import relay
 from lib.sse import SSEDecoder
 from lib.translate import Translator
 from lib.upstream import UpstreamStream
-from tests.test_fast_path import BEYOND_TEXT, STREAM
+from tests.test_fast_path import BEYOND_TEXT, REAL_STREAM, STREAM
 
 MAKERS: list[Callable[[], Format]] = [
     lambda: OpenAIChat(include_usage=True),
@@ -40,7 +40,9 @@ def outcome(translator: Translator) -> tuple[object, ...]:
     return said.done, said.events, said.finish_reason, said.usage
 
 
-@pytest.mark.parametrize("stream", [STREAM, BEYOND_TEXT], ids=["text", "reasoning+tools"])
+@pytest.mark.parametrize(
+    "stream", [STREAM, BEYOND_TEXT, REAL_STREAM], ids=["text", "reasoning+tools", "as-openai-sends"]
+)
 @pytest.mark.parametrize("make", MAKERS)
 def test_one_event_reads_match_one_big_read(stream: list[str], make: Callable[[], Format]) -> None:
     """Every event in its own read (the single-event path) against all of them in one read (the

@@ -621,6 +621,13 @@ async def test_sdk_refusal_is_the_sdks_bad_request(
     assert demo.seen == []
 
 
+class Given:
+    """A fast-path template whose parsed chunk is given (lib.formats.Template)."""
+
+    def __init__(self, like: dict[str, Any]) -> None:
+        self.like = like
+
+
 def test_the_fast_path_writes_what_the_slow_path_writes() -> None:
     """The relay skips parsing plain chunks (lib/relay.py): ``delta`` / ``other_delta`` must
     produce the same events as ``chunk`` (ids aside: they are new for each item)."""
@@ -646,9 +653,9 @@ def test_the_fast_path_writes_what_the_slow_path_writes() -> None:
     for kind, text, chunk in script:
         slow_out += slow.chunk(json.dumps(chunk), chunk)
         if kind == "content":
-            fast_out += fast.delta("", text, chunk) or b""
+            fast_out += fast.delta("", text, Given(chunk)) or b""
         elif kind:
-            fast_out += fast.other_delta(kind, "", text, chunk) or b""
+            fast_out += fast.other_delta(kind, "", text, Given(chunk)) or b""
         else:
             fast_out += fast.chunk(json.dumps(chunk), chunk)
     slow_out += slow.close()
