@@ -21,7 +21,8 @@ benchmark's upstream. It doubles as documentation of the protocol (docs/protocol
 
 (each event ends with a blank line). Every chat chunk carries OpenAI's ``service_tier``,
 ``system_fingerprint``, ``logprobs: null`` and the ``obfuscation`` padding, a string of varying
-length that differs from chunk to chunk, as OpenAI streams by default. ``POST /v1/completions``
+length that differs from chunk to chunk, as OpenAI streams by default (and without it when the
+request has ``stream_options.include_obfuscation: false``). ``POST /v1/completions``
 is the same with ``"object":"text_completion"``, ``choices[0].text`` and ``"logprobs":null``,
 no padding and no opening role chunk. The usage chunk comes only when the request has
 ``stream_options.include_usage: true``; then, as OpenAI does, every other chunk carries
@@ -199,6 +200,7 @@ class _Chunks:
     id: str
     model: str
     include_usage: bool
+    padded: bool = True  # stream_options.include_obfuscation: false turns the padding off
 
     pads: Iterator[str] = field(default_factory=lambda: itertools.cycle(PADDING))
 
@@ -214,7 +216,8 @@ class _Chunks:
         chunk["choices"] = choices
         if self.include_usage:
             chunk["usage"] = None
-        chunk["obfuscation"] = next(self.pads)  # a different padding string in every chunk
+        if self.padded:
+            chunk["obfuscation"] = next(self.pads)  # a different padding string in every chunk
         return chunk
 
     def _choice(self, text: str | None, finish_reason: str | None) -> dict[str, Any]:
@@ -463,6 +466,7 @@ class DemoUpstream:
             model=model if isinstance(model, str) else MODELS[0],
             include_usage=responses
             or (isinstance(options, dict) and options.get("include_usage") is True),
+            padded=not (isinstance(options, dict) and options.get("include_obfuscation") is False),
         )
         plan = _plan(payload, scenario, self) if chat else _Plan(self.reply)
         if not chat and scenario.text is not None:

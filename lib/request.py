@@ -41,6 +41,8 @@ class GenerateRequest:
     messages: tuple[dict[str, Any], ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
     include_usage: bool = False
+    # stream_options.include_obfuscation as the caller sent it (None: not sent), forwarded
+    obfuscation: bool | None = None
     ui_messages: bool = False  # the body came from the AI SDK's useChat (messages with parts)
     stream: bool = True  # False: one JSON object, aggregated from the upstream stream
     message_chars: int = 0  # text in the messages (tool calls and results included)
@@ -409,23 +411,27 @@ def _options(body: dict[str, Any], shape: Shape) -> dict[str, Any]:
     return options
 
 
-def _include_usage(body: dict[str, Any]) -> bool:
+_STREAM_OPTIONS = ("include_usage", "include_obfuscation")
+
+
+def _stream_options(body: dict[str, Any]) -> tuple[bool, bool | None]:
+    """``stream_options``: whether the caller gets the usage chunk, and its
+    ``include_obfuscation`` (None when not sent), which goes upstream as it is."""
     stream_options = body.get("stream_options")
     if stream_options is None:
-        return False
+        return False, None
     if not isinstance(stream_options, dict):
         raise RequestError("stream_options must be an object.", param="stream_options")
     for key, value in stream_options.items():
-        if key != "include_usage":
+        if key not in _STREAM_OPTIONS:
             raise RequestError(
                 f"stream_options.{key} is not supported.", param=f"stream_options.{key}"
             )
         if not isinstance(value, bool):
             raise RequestError(
-                "stream_options.include_usage must be true or false.",
-                param="stream_options.include_usage",
+                f"stream_options.{key} must be true or false.", param=f"stream_options.{key}"
             )
-    return stream_options.get("include_usage") is True
+    return stream_options.get("include_usage") is True, stream_options.get("include_obfuscation")
 
 
 def _stream(body: dict[str, Any], stream_default: bool) -> bool:
@@ -469,7 +475,7 @@ def parse_request(
         raise RequestError(f"model must be one of: {allowed}.", param="model")
     max_tokens = _max_tokens(body, limits)
     options = _options(body, shape)
-    include_usage = _include_usage(body)
+    include_usage, obfuscation = _stream_options(body)
 
     if prompt is not None:
         if not isinstance(prompt, str) or not prompt.strip():
@@ -486,6 +492,7 @@ def parse_request(
             prompt=prompt,
             options=options,
             include_usage=include_usage,
+            obfuscation=obfuscation,
             stream=stream,
         )
     collected = collect_messages(
@@ -506,6 +513,7 @@ def parse_request(
         messages=tuple(collected.messages),
         options=options,
         include_usage=include_usage,
+        obfuscation=obfuscation,
         ui_messages=collected.ui,
         stream=stream,
         message_chars=collected.text_chars,
@@ -588,8 +596,13 @@ def build_upstream_request(
             )
         payload["safety_identifier"] = safety_id
     payload["stream"] = True
+    stream_options: dict[str, bool] = {}
     if upstream.include_usage:
-        payload["stream_options"] = {"include_usage": True}
+        stream_options["include_usage"] = True
+    if request.obfuscation is not None:
+        stream_options["include_obfuscation"] = request.obfuscation
+    if stream_options:
+        payload["stream_options"] = stream_options
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     if use_completions:
         return UpstreamRequest(upstream.url("completions"), body, "completions")

@@ -142,6 +142,8 @@ def build_responses_request(
         payload["safety_identifier"] = safety_id
     payload["store"] = False
     payload["stream"] = True
+    if request.obfuscation is False:  # true is the default: nothing to say
+        payload["stream_options"] = {"include_obfuscation": False}
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return UpstreamRequest(upstream.url("responses"), body, "responses")
 

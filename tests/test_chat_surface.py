@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dev.demo_upstream import DemoUpstream, Scenario
+from dev.demo_upstream import DEMO_REPLY, DemoUpstream, Scenario, tokenize
 from lib.config import load_settings
 from lib.limits import estimate_prompt_tokens
 from lib.request import IMAGE_TOKENS, LOW_DETAIL_IMAGE_TOKENS, parse_request
@@ -92,6 +92,32 @@ async def test_every_supported_field_is_forwarded_as_sent(
         assert payload[name] == value, name
     assert "max_tokens" not in payload
     assert payload["messages"] == [USER]
+
+
+async def test_include_obfuscation_is_forwarded_and_the_padding_relayed_as_sent(
+    function: Function, demo: DemoUpstream, http: aiohttp.ClientSession
+) -> None:
+    """OpenAI pads every chunk unless the caller says ``include_obfuscation: false``: the
+    option goes upstream as sent, beside the usage the deployment asks for, and the chat format
+    relays whatever padding comes back."""
+    body = {"messages": [USER], "stream_options": {"include_obfuscation": False}}
+    resp = await post(http, function.url, body)
+    assert resp.status == 200
+    unpadded = await resp.read()
+    sent = demo.seen[-1].json["stream_options"]
+    assert sent == {"include_usage": True, "include_obfuscation": False}
+    assert b"obfuscation" not in unpadded
+    body["stream_options"] = {"include_obfuscation": True, "include_usage": True}
+    resp = await post(http, function.url, body)
+    padded = await resp.read()
+    assert demo.seen[-1].json["stream_options"] == {
+        "include_usage": True,
+        "include_obfuscation": True,
+    }
+    assert padded.count(b'"obfuscation":"') >= len(tokenize(DEMO_REPLY))
+    resp = await post(http, function.url, {"messages": [USER]})  # not sent: not forwarded
+    await resp.read()
+    assert demo.seen[-1].json["stream_options"] == {"include_usage": True}
 
 
 async def test_null_means_not_sent(
@@ -255,6 +281,11 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
         "stream_options unknown key",
         {"messages": [USER], "stream_options": {"x": 1}},
         "stream_options.x",
+    ),
+    (
+        "stream_options.include_obfuscation not a boolean",
+        {"messages": [USER], "stream_options": {"include_obfuscation": "no"}},
+        "stream_options.include_obfuscation",
     ),
     (
         "assistant null content without tool calls",

@@ -63,6 +63,20 @@ async def test_chat_caller_gets_chat_chunks(
     assert json.loads(line)["usage"]["prompt_tokens"] > 0  # budgets see the usage
 
 
+async def test_include_obfuscation_false_goes_to_the_responses_upstream(
+    function: Function, http: aiohttp.ClientSession, demo: DemoUpstream
+) -> None:
+    """A chat caller's ``include_obfuscation: false`` is sent on; ``true`` is the Responses
+    API's default and is not (the chunks the caller gets are the function's own)."""
+    for value, sent in ((False, {"include_obfuscation": False}), (True, None)):
+        body = {"messages": [USER], "stream_options": {"include_obfuscation": value}}
+        resp = await post(http, function.url + "?format=openai", body)
+        assert resp.status == 200
+        await resp.read()
+        assert demo.seen[-1].path == "/v1/responses"
+        assert demo.seen[-1].json.get("stream_options") == sent
+
+
 async def test_prompt_caller_gets_completion_chunks(
     function: Function, http: aiohttp.ClientSession, demo: DemoUpstream
 ) -> None:
