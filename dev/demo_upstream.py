@@ -205,18 +205,14 @@ class _Chunks:
     pads: Iterator[str] = field(default_factory=lambda: itertools.cycle(PADDING))
 
     def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        if not self.chat:
-            chunk = {"id": self.id, "object": "text_completion", "created": CREATED}
-            chunk |= {"model": self.model, "choices": choices}
-            if self.include_usage:
-                chunk["usage"] = None
-            return chunk
-        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": CREATED}
-        chunk |= {"model": self.model, "service_tier": "default", "system_fingerprint": FINGERPRINT}
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        chunk = {"id": self.id, "object": kind, "created": CREATED, "model": self.model}
+        if self.chat:
+            chunk |= {"service_tier": "default", "system_fingerprint": FINGERPRINT}
         chunk["choices"] = choices
         if self.include_usage:
             chunk["usage"] = None
-        if self.padded:
+        if self.chat and self.padded:
             chunk["obfuscation"] = next(self.pads)  # a different padding string in every chunk
         return chunk
 
