@@ -53,7 +53,7 @@ from lib.log import (
     warn,
 )
 from lib.negotiate import check_fit, choose_format, requested_format, v1_route, v1_semantics
-from lib.relay import clock_for, relay, relay_whole, translator_for
+from lib.relay import clock_for, relay, translator_for
 from lib.request import UpstreamRequest, build_upstream_request, parse_body, safety_identifier
 from lib.resilience import open_upstream
 from lib.retry import Target
@@ -298,13 +298,11 @@ class GenerateHandler:
                     limits, idle=upstream.idle_timeout, started=started, cut_at=cut_at
                 )
                 translator = translator_for(fmt, upstream, limits)
-                headers = admission.headers
+                whole = fmt if isinstance(fmt, WholeResponse) else None
+                if whole is not None:
+                    whole.accepted = True
                 try:
-                    if isinstance(fmt, WholeResponse):
-                        fmt.accepted = True
-                        await relay_whole(stream, translator, fmt, exchange, clock, headers)
-                    else:
-                        await relay(stream, translator, exchange, clock, headers)
+                    await relay(stream, translator, exchange, clock, admission.headers, whole)
                 finally:
                     _record_stream(log, translator, clock)
         finally:

@@ -60,116 +60,92 @@ async def relay(
     exchange: Exchange,
     clock: StreamClock,
     headers: list[Header],
+    whole: WholeResponse | None = None,
 ) -> None:
-    """Stream one accepted upstream response to the caller. What it said and when is left on
-    ``translator.said`` and the clock, for the handler's log line."""
-    loop = asyncio.get_running_loop()
+    """Stream one accepted upstream response to the caller; or, with ``whole`` (the
+    translator's format), gather it into one JSON answer, under the same limits and deadline,
+    a failure on the way raised (nothing has been sent yet). What it said and when is left on
+    ``translator.said`` and the clock, for the handler's log line.
+
+    One coroutine for the whole stream (a frame per open stream, and a level every event
+    resumes through). At real pacing every event is its own read, so the loop's fixed costs
+    are paid per event: the clock is read once after a read and once after a write (each
+    reading serves the next step too), and a read that finds bytes already buffered returns
+    them without waiting (its timer is the stream's one, already armed). A read bigger than
+    32 KiB (a backlog: the upstream is faster than the caller, or the instance is busy) is
+    relayed in slices with the event loop let through in between, so that one fast stream
+    cannot hold up every other stream and a new request's first byte for the whole of it."""
+    time = loop_clock(asyncio.get_running_loop())
     said = translator.said
-    clock.begin(loop.time())
-    # Every write is bounded too: a caller that stops reading cannot hold the stream past the
-    # write-stall timeout, the deadline or MAX_STREAM_SECONDS.
-    exchange.bound_writes(clock)
+    clock.begin(time())
     try:
-        await exchange.start(200, [*translator.format.headers, *headers])
-        opening = translator.open()
-        if opening:
-            await exchange.write(opening)
-        clock.wrote(loop.time())
+        if whole is None:
+            # Every write is bounded too: a caller that stops reading cannot hold the stream
+            # past the write-stall timeout, the deadline or MAX_STREAM_SECONDS.
+            exchange.bound_writes(clock)
+            await exchange.start(200, [*translator.format.headers, *headers])
+            opening = translator.open()
+            if opening:
+                await exchange.write(opening)
+            clock.wrote(time())
+        backlog = b""  # the rest of a read too big for one step
+        # At most this much of one read is relayed per step of the event loop (about 170
+        # events of a chat stream, under a millisecond of work); at real pacing a read is one
+        # event. No bound methods kept in locals: each is an object per open stream, for a
+        # lookup that costs next to nothing per event.
+        slice_bytes = 32 * 1024
         try:
-            await _pump(stream, translator, exchange, clock)
+            while not said.done:
+                if backlog:
+                    await asyncio.sleep(0)  # the other tasks run first
+                    chunk, backlog = backlog[:slice_bytes], backlog[slice_bytes:]
+                    now = time()
+                else:
+                    try:
+                        chunk = await stream.read_before(clock.wake())
+                    except TimeoutError:
+                        now = time()
+                        expired = clock.expired(now)
+                        if expired is not None:
+                            raise expired from None
+                        ping = translator.keepalive()
+                        if ping:
+                            await exchange.write(ping)
+                            now = time()
+                        clock.last_write = now
+                        continue
+                    if not chunk:
+                        translator.end()
+                        break
+                    now = clock.last_data = time()
+                    if clock.first_data is None:
+                        clock.first_data = now
+                    if len(chunk) > slice_bytes:
+                        chunk, backlog = chunk[:slice_bytes], chunk[slice_bytes:]
+                out, failure = translator.feed(chunk)
+                if out:
+                    await exchange.write(out, now)
+                    now = clock.last_write = time()
+                    if clock.first_write is None:
+                        clock.first_write = now
+                if failure is not None:
+                    raise failure
         except APIError as error:
+            if whole is not None:
+                raise
             trailer = translator.fail(error)
             if trailer is None:
                 raise BreakConnection from None
             await exchange.end(trailer)
             return
-        await exchange.end(translator.close())
+        if whole is None:
+            await exchange.end(translator.close())
+        else:
+            await exchange.respond(200, whole.close(), headers)
     finally:
+        if whole is not None:
+            said.events = whole.chunks  # upstream chunks gathered: the answer is one object
         if said.done:
             stream.release()
         else:
             stream.close()
-
-
-async def relay_whole(
-    stream: UpstreamStream,
-    translator: Translator,
-    whole: WholeResponse,
-    exchange: Exchange,
-    clock: StreamClock,
-    headers: list[Header],
-) -> None:
-    """Gather one accepted upstream stream into one JSON answer (``whole``, the translator's
-    format), under the same limits and deadline as a stream; a failure on the way is raised
-    (nothing has been sent yet)."""
-    said = translator.said
-    clock.begin(asyncio.get_running_loop().time())
-    try:
-        await _pump(stream, translator, exchange, clock)
-        await exchange.respond(200, whole.close(), headers)
-    finally:
-        said.events = whole.chunks  # upstream chunks gathered: the answer is one object
-        if said.done:
-            stream.release()
-        else:
-            stream.close()
-
-
-async def _pump(
-    stream: UpstreamStream,
-    translator: Translator,
-    exchange: Exchange,
-    clock: StreamClock,
-) -> None:
-    """Read, feed the translator, write, until the stream ends or a limit expires.
-
-    At real pacing every event is its own read, so this loop's fixed costs are paid per event:
-    the clock is read once after a read and once after a write (each reading serves the next
-    step too), and a read that finds bytes already buffered returns them without waiting (its
-    timer is the stream's one, already armed). A read bigger than 32 KiB (a backlog:
-    the upstream is faster than the caller, or the instance is busy) is relayed in slices with
-    the event loop let through in between, so that one fast stream cannot hold up every other
-    stream and a new request's first byte for the whole of it."""
-    # No bound methods kept in locals: each is an object per open stream, for a lookup that
-    # costs next to nothing per event.
-    time = loop_clock(asyncio.get_running_loop())
-    said = translator.said
-    backlog = b""  # the rest of a read too big for one step
-    # At most this much of one read is relayed per step of the event loop (about 170 events of
-    # a chat stream, under a millisecond of work); at real pacing a read is one event.
-    slice_bytes = 32 * 1024
-    while not said.done:
-        if backlog:
-            await asyncio.sleep(0)  # the other tasks run first
-            chunk, backlog = backlog[:slice_bytes], backlog[slice_bytes:]
-            now = time()
-        else:
-            try:
-                chunk = await stream.read_before(clock.wake())
-            except TimeoutError:
-                now = time()
-                expired = clock.expired(now)
-                if expired is not None:
-                    raise expired from None
-                ping = translator.keepalive()
-                if ping:
-                    await exchange.write(ping)
-                    now = time()
-                clock.last_write = now
-                continue
-            if not chunk:
-                translator.end()
-                return
-            now = clock.last_data = time()
-            if clock.first_data is None:
-                clock.first_data = now
-            if len(chunk) > slice_bytes:
-                chunk, backlog = chunk[:slice_bytes], chunk[slice_bytes:]
-        out, failure = translator.feed(chunk)
-        if out:
-            await exchange.write(out, now)
-            now = clock.last_write = time()
-            if clock.first_write is None:
-                clock.first_write = now
-        if failure is not None:
-            raise failure

@@ -136,7 +136,6 @@ async def test_an_open_stream_holds_only_the_relays_own_chain_of_coroutines(
         "GenerateHandler.__call__",
         "GenerateHandler._stream",
         "relay",
-        "_pump",
         "UpstreamStream.read_before",
     ]
     # Besides the stream's chain, nothing of ours that the request started is waiting.
