@@ -335,8 +335,7 @@ class ContentTemplate:
         alone. Worked out when first asked (one parse and one encoding), not on every learn."""
         canonical = self._canonical
         if canonical is None:
-            assert self.head, "no template learned"
-            blank = self.head + self.mid + self.tail  # the same chunk with its strings empty
+            blank = self._blank()
             encoded = encode_json(_DECODER.decode(blank))
             canonical = self._canonical = encoded == f"data: {blank}\n\n".encode()
         return canonical
@@ -347,9 +346,13 @@ class ContentTemplate:
         once a template is learned. Its keys are the module's own strings."""
         like = self._like
         if like is None:
-            assert self.head, "no template learned"
-            like = self._like = _shared(_DECODER.decode(self.head + self.mid + self.tail))
+            like = self._like = _shared(_DECODER.decode(self._blank()))
         return like
+
+    def _blank(self) -> str:
+        """The template's chunk with its string (and padding) empty: valid JSON."""
+        assert self.head, "no template learned"
+        return self.head + self.mid + self.tail
 
     def match(self, data: str) -> str | None:
         """The chunk's string if it is a plain chunk of the template's shape, else None."""
@@ -379,7 +382,6 @@ class ContentTemplate:
 
 # In a JSON string these three need escapes; their absence makes the text its own JSON form.
 _UNSAFE_TEXT = re.compile(r'[\x00-\x1f"\\]')
-_PLAIN_KEYS = frozenset({"id", "object", "created", "model", "system_fingerprint", "usage"})
 _TEXT_KINDS = frozenset({"content", "reasoning_content", "reasoning"})
 _CHOICE_KEYS = frozenset({"index", "delta", "finish_reason"})
 _PAD_KEY = '"obfuscation":"'
@@ -418,11 +420,17 @@ def _plain_text(chunk: dict[str, Any]) -> tuple[str, str] | None:
     return "arguments", function["arguments"]
 
 
-# Every key a template chunk can have (_plain_text checks them), and the common ``object``.
+# The keys a template chunk has as the OpenAI-compatible APIs send it, and the common values
+# (``object``, ``service_tier``): kept once per process, not once per open stream.
 _SHARED = {
     name: name
     for name in (
-        *_PLAIN_KEYS,
+        "id",
+        "object",
+        "created",
+        "model",
+        "system_fingerprint",
+        "usage",
         *_TEXT_KINDS,
         "service_tier",
         "default",
