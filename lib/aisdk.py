@@ -245,7 +245,7 @@ class UIMessageStream:
         self._calls.clear()
         return b"".join(out)
 
-    def delta(self, data: str, text: str, template: Template) -> bytes | None:
+    def delta(self, event: bytes, text: str, template: Template) -> bytes | None:
         """The relay's fast path for a plain content chunk (see lib/formats.py)."""
         if not text:
             return b""
@@ -254,7 +254,7 @@ class UIMessageStream:
         escaped = text if text.isascii() else json.dumps(text)[1:-1]
         return _TEXT_DELTA_HEAD + escaped.encode("ascii") + _TEXT_DELTA_TAIL
 
-    def other_delta(self, kind: str, data: str, text: str, template: Template) -> bytes | None:
+    def other_delta(self, kind: str, event: bytes, text: str, template: Template) -> bytes | None:
         """The fast path for reasoning and tool-argument chunks, once their part is open."""
         if kind == "arguments":
             call = self._calls.get(template.like["choices"][0]["delta"]["tool_calls"][0]["index"])
@@ -333,11 +333,11 @@ class TextStream:
     def chunk(self, data: str, chunk: Chunk) -> bytes:
         return text_of(chunk).encode("utf-8")
 
-    def delta(self, data: str, text: str, template: Template) -> bytes | None:
+    def delta(self, event: bytes, text: str, template: Template) -> bytes | None:
         """The relay's fast path for a plain content chunk (see lib/formats.py)."""
         return text.encode("utf-8")
 
-    def other_delta(self, kind: str, data: str, text: str, template: Template) -> bytes | None:
+    def other_delta(self, kind: str, event: bytes, text: str, template: Template) -> bytes | None:
         return b""  # reasoning is not part of the text (and tools never reach this format)
 
     def close(self) -> bytes:

@@ -34,11 +34,11 @@ class Template(Protocol):
     """What the fast path hands a format about a stream's plain chunks
     (lib/translate.ContentTemplate)."""
 
-    head: str  # the chunk's JSON before its string
+    head: bytes  # the event before its string: b"data: " and the JSON up to the string
 
     @property
     def canonical(self) -> bool:
-        """Whether that JSON, and all of it after the string, is what encode_json writes."""
+        """Whether that event, and all of it after the string, is what encode_json writes."""
         ...
 
     @property
@@ -67,14 +67,15 @@ class Format(Protocol):
         """One upstream chunk (its raw JSON text and parsed form) as output bytes."""
         ...
 
-    def delta(self, data: str, text: str, template: Template) -> bytes | None:
-        """A plain content chunk left unparsed (lib/translate.py, ContentTemplate): its raw
-        JSON, its text (no quote, backslash or control character) and the template, whose
-        ``like`` is a parsed chunk identical but for the text (parsed when first asked for:
-        ask only when the answer needs it)."""
+    def delta(self, event: bytes, text: str, template: Template) -> bytes | None:
+        """A plain content chunk left unparsed (lib/translate.py, ContentTemplate): its whole
+        event as the upstream sent it (``data: ``, the JSON, a blank line), its text (no
+        quote, backslash or control character) and the template, whose ``like`` is a parsed
+        chunk identical but for the text (parsed when first asked for: ask only when the
+        answer needs it)."""
         ...
 
-    def other_delta(self, kind: str, data: str, text: str, template: Template) -> bytes | None:
+    def other_delta(self, kind: str, event: bytes, text: str, template: Template) -> bytes | None:
         """The same for a chunk whose delta holds only reasoning (``kind`` reasoning_content or
         reasoning) or only one tool call's next arguments fragment (``kind`` arguments)."""
         ...
@@ -101,18 +102,23 @@ def _as_is(data: str) -> bytes | None:
     return None
 
 
-def _respelled(data: str, text: str, template: Template) -> bytes | None:
-    """What ``encode_json`` writes for a plain chunk whose JSON is canonical but for the
-    non-ASCII in its string (raw UTF-8, as OpenAI sends it): the same JSON with that string
-    escaped. None when the template's JSON is not canonical or the rest is not ASCII."""
+def _plain_as_is(event: bytes, text: str, template: Template) -> bytes | None:
+    """A plain chunk's event (one line, matched by the template) as the upstream sent it, when
+    that is what :meth:`OpenAIChat.chunk` would write for it: ASCII, and compact like
+    :func:`_as_is` asks or exactly what encode_json writes; else with its string's non-ASCII
+    escaped when only that is not canonical (raw UTF-8, as OpenAI sends it); else None."""
+    if event.isascii():
+        # find, not ``in``: ``in`` on bytes first tries the needle as an int (an exception).
+        if template.canonical or (event.find(b'": ') < 0 and event.find(b'", "') < 0):
+            return event
+        return None
     if not template.canonical:
         return None
     head = template.head
-    rest = data[len(head) + len(text) :]  # up to the end, OpenAI's padding included
+    rest = event[event.index(b'"', len(head)) :]  # the text has no quote: its end, OpenAI's padding
     if not rest.isascii():
         return None
-    escaped = _ESCAPE.encode(text)[1:-1]
-    return b"data: " + (head + escaped + rest).encode("ascii") + b"\n\n"
+    return head + _ESCAPE.encode(text)[1:-1].encode("ascii") + rest
 
 
 class OpenAIChat:
@@ -134,12 +140,9 @@ class OpenAIChat:
         out = _as_is(data)
         return encode_json(chunk) if out is None else out
 
-    def delta(self, data: str, text: str, template: Template) -> bytes | None:
+    def delta(self, event: bytes, text: str, template: Template) -> bytes | None:
         """A plain content chunk: as it is when canonical, else re-encoded around its text."""
-        out = _as_is(data)
-        if out is not None:
-            return out
-        out = _respelled(data, text, template)
+        out = _plain_as_is(event, text, template)
         if out is not None:
             return out
         like = template.like
@@ -151,11 +154,10 @@ class OpenAIChat:
         choice = like["choices"][0]
         return {**like, "choices": [{**choice, "delta": {**choice["delta"], "content": text}}]}
 
-    def other_delta(self, kind: str, data: str, text: str, template: Template) -> bytes | None:
+    def other_delta(self, kind: str, event: bytes, text: str, template: Template) -> bytes | None:
         """Reasoning and tool-argument chunks: relayed as they are when canonical, their
         string's non-ASCII escaped when only that is not."""
-        out = _as_is(data)
-        return _respelled(data, text, template) if out is None else out
+        return _plain_as_is(event, text, template)
 
     def close(self) -> bytes:
         return DONE
@@ -178,7 +180,7 @@ class OpenAICompletion(OpenAIChat):
             return b""
         return encode_json(to_completion(chunk))
 
-    def delta(self, data: str, text: str, template: Template) -> bytes | None:
+    def delta(self, event: bytes, text: str, template: Template) -> bytes | None:
         """A plain content chunk: the completion chunk around the text is encoded once."""
         like = template.like
         if like.get("object") != "chat.completion.chunk":
@@ -191,7 +193,7 @@ class OpenAICompletion(OpenAIChat):
         completion["choices"][0]["text"] = text
         return completion
 
-    def other_delta(self, kind: str, data: str, text: str, template: Template) -> bytes | None:
+    def other_delta(self, kind: str, event: bytes, text: str, template: Template) -> bytes | None:
         return None  # converted on the slow path (completion chunks have no such fields)
 
     def keepalive(self) -> bytes | None:
@@ -312,7 +314,7 @@ class WholeResponse:
             if chunk.get("system_fingerprint") is not None:
                 self._meta["system_fingerprint"] = chunk["system_fingerprint"]
 
-    def delta(self, data: str, text: str, template: Template) -> bytes | None:
+    def delta(self, event: bytes, text: str, template: Template) -> bytes | None:
         """The relay's fast path for a plain content chunk: its text is all it adds."""
         if not self._meta:  # learned from the chunk the template came from, as a rule
             self._learn(template.like)
@@ -320,7 +322,7 @@ class WholeResponse:
         self._text.append(text)
         return b""
 
-    def other_delta(self, kind: str, data: str, text: str, template: Template) -> bytes | None:
+    def other_delta(self, kind: str, event: bytes, text: str, template: Template) -> bytes | None:
         """The fast path for reasoning and tool-argument chunks (see :meth:`delta`)."""
         if kind == "arguments":
             call = self._calls.get(template.like["choices"][0]["delta"]["tool_calls"][0]["index"])

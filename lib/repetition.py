@@ -16,15 +16,18 @@ last ``max_period + key`` characters and the delta always hold all of it: that i
 tail kept, and the runs are exact, not estimates. In ordinary text there is rarely a candidate,
 and a check costs one search for the key in those few hundred characters.
 
-A check runs once ``every`` new characters have come (32 by default), not on every delta: a
-model's delta is a token of a few characters, and the check is most of the relay's own work
-per token otherwise. The answer at a check is exact; a loop is reported at most ``every - 1``
-characters (plus the delta that brings them) after the window became periodic.
+A check runs once ``every`` new characters have come (128 by default), not on every delta: a
+model's delta is a token of a few characters, and the check costs about the same for one
+character as for a hundred (it searches the few hundred kept), so checking every token was
+most of the relay's own work per token; 128 is a few dozen tokens, against a window of 2000.
+The answer at a check is exact; a loop is reported at most ``every - 1`` characters (plus the
+delta that brings them) after the window became periodic.
 """
 
 from __future__ import annotations
 
 _KEY = 32
+_EVERY = 128
 
 
 class RepetitionDetector:
@@ -32,7 +35,7 @@ class RepetitionDetector:
 
     __slots__ = ("_every", "_keep", "_key", "_max_period", "_pending", "_runs", "_tail", "_window")
 
-    def __init__(self, window: int, max_period: int, *, every: int = _KEY) -> None:
+    def __init__(self, window: int, max_period: int, *, every: int = _EVERY) -> None:
         if window and not 1 <= max_period <= window // 2:
             raise ValueError("max_period must be between 1 and window / 2")
         if every < 1:

@@ -655,11 +655,11 @@ class ResponsesStream:
             self._finish = reason
         return b"".join(out)
 
-    def delta(self, data: str, text: str, template: Template) -> bytes | None:
+    def delta(self, event: bytes, text: str, template: Template) -> bytes | None:
         """The relay's fast path for a plain content chunk: exactly what ``chunk`` writes."""
         return self._say(text, refusal=False) if text else b""
 
-    def other_delta(self, kind: str, data: str, text: str, template: Template) -> bytes | None:
+    def other_delta(self, kind: str, event: bytes, text: str, template: Template) -> bytes | None:
         """The fast path for reasoning and tool-argument chunks (see :meth:`delta`)."""
         if kind != "arguments":
             return self._think(text) if text else b""

@@ -35,6 +35,7 @@ __all__ = [
     "encode_comment",
     "encode_event",
     "encode_json",
+    "text_of",
 ]
 
 _BOM = b"\xef\xbb\xbf"
@@ -68,7 +69,7 @@ class Event(NamedTuple):
     retry: int | None = None
 
 
-def _text(data: bytes) -> str:
+def text_of(data: bytes) -> str:
     """UTF-8 with invalid bytes replaced, as the spec says; strict decoding first, since the
     ``replace`` handler makes even valid input slower to decode."""
     try:
@@ -160,11 +161,12 @@ class SSEDecoder:
             self._overflow()
         return self._process(lines) if lines else []
 
-    def single(self, chunk: bytes) -> str | None:
-        """The data of ``chunk`` when it is exactly one whole event of one ``data: `` line (LF
-        only) and nothing is buffered before it: what :meth:`feed` would return as one event's
-        ``data``, with the decoder left as ``feed`` would leave it. None for anything else
-        (then call :meth:`feed`). At real pacing nearly every read is one such event."""
+    def single(self, chunk: bytes) -> bool:
+        """Whether ``chunk`` is exactly one whole event of one ``data: `` line (LF only) with
+        nothing buffered before it: :meth:`feed` would return it as one event whose ``data`` is
+        ``text_of(chunk[6:-2])``. The decoder is then left as ``feed`` would leave it; for
+        anything else (False) call :meth:`feed`. At real pacing nearly every read is one such
+        event, and the caller can take its bytes as they are."""
         if (
             self._parts
             or self._data
@@ -176,9 +178,9 @@ class SSEDecoder:
             or _CR in chunk
             or len(chunk) > self._max
         ):
-            return None
+            return False
         self._bom_checked = True  # it starts with "data: ", not with a BOM
-        return _text(chunk[6:-2])
+        return True
 
     def _simple(self, buf: bytes) -> list[Event] | None:
         """The common case in one pass: whole events of one ``data: `` line each, LF only, and
@@ -186,7 +188,7 @@ class SSEDecoder:
         if len(buf) > self._max or _CR in buf or not buf.startswith(b"data: "):
             return None
         if buf.find(b"\n") == len(buf) - 2:  # one event in this read: at real pacing, most
-            return [Event(_text(buf[6:-2]), None, self._id)]
+            return [Event(text_of(buf[6:-2]), None, self._id)]
         blocks = buf[:-2].split(b"\n\n")
         if buf.count(b"\n") != 2 * len(blocks):
             return None  # a multi-line event, or a blank line too many
@@ -195,7 +197,7 @@ class SSEDecoder:
         for block in blocks:
             if not block.startswith(b"data: "):
                 return None
-            events.append(Event(_text(block[6:]), None, last_id))
+            events.append(Event(text_of(block[6:]), None, last_id))
         return events
 
     def flush(self) -> list[Event]:

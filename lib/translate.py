@@ -48,7 +48,7 @@ from lib.errors import (
 from lib.formats import Format
 from lib.log import warn
 from lib.repetition import RepetitionDetector
-from lib.sse import Event, LineTooLong, SSEDecoder, encode_json
+from lib.sse import Event, LineTooLong, SSEDecoder, encode_json, text_of
 
 
 class Said:
@@ -106,9 +106,8 @@ class Translator:
         """The bytes for the events one upstream read completed, and the failure that ended
         them, if any."""
         try:
-            one = self._decoder.single(data)  # at real pacing nearly every read: one event
-            if one is not None:
-                return self._one(one)
+            if self._decoder.single(data):  # at real pacing nearly every read: one event
+                return self._one(data)
             return self.feed_events(self._decoder.feed(data))
         except LineTooLong as exc:  # the events completed before it in this read are dropped
             return b"", UpstreamLineTooLong(exc.limit)
@@ -133,7 +132,8 @@ class Translator:
         parts: list[bytes] = []
         said = self.said
         for event in events:
-            out, failure = self._one(event.data)
+            # As one read of its own would carry it: the fast path matches whole events.
+            out, failure = self._one(b"data: " + event.data.encode() + b"\n\n")
             if failure is not None:
                 return b"".join(parts), failure
             if out:
@@ -142,19 +142,18 @@ class Translator:
                 break
         return b"".join(parts), None
 
-    def _one(self, data: str) -> tuple[bytes, APIError | None]:
-        """One event's bytes, or the failure it is (then nothing of it is written)."""
-        if not data:
-            return b"", None
+    def _one(self, event: bytes) -> tuple[bytes, APIError | None]:
+        """One event's bytes (``event``: ``data: `` and its data, then a blank line), or the
+        failure it is (then nothing of it is written)."""
         said, template = self.said, self.template
         if template.head:  # a template was learned
-            text = template.match(data)
+            text = template.match(event)
             if text is not None:
                 kind = template.kind
                 if kind == "content":
-                    out = self._fmt.delta(data, text, template)
+                    out = self._fmt.delta(event, text, template)
                 else:
-                    out = self._fmt.other_delta(kind, data, text, template)
+                    out = self._fmt.other_delta(kind, event, text, template)
                 if out is not None:
                     if kind != "arguments" and self._loops is not None:
                         period = self._loops.feed(text)
@@ -163,6 +162,9 @@ class Translator:
                     if out:
                         said.events += 1
                     return out, None
+        data = text_of(event[6:-2])
+        if not data:
+            return b"", None
         if data == "[DONE]":
             said.done = True
             return b"", None
@@ -294,16 +296,18 @@ class ContentTemplate:
     def __init__(self) -> None:
         self._like: dict[str, Any] | None = None  # parsed on first use, then kept
         self.kind = "content"  # content, reasoning_content, reasoning or arguments
-        self.head = ""
-        self.mid = ""  # after the text: up to the padding when padded, else to the end
-        self.tail = ""  # after the padding ("" when not padded)
+        self.head = b""  # b"data: " and the JSON before the text
+        self.mid = b""  # after the text: up to the padding when padded, else to the end
+        self.tail = b""  # after the padding, to the end (b"" when not padded)
         self.padded = False  # the chunk has OpenAI's ``obfuscation`` string
         self._canonical: bool | None = None  # worked out on first use, then kept
 
     def learn(self, data: str, chunk: dict[str, Any]) -> None:
+        """Keep the JSON around the string of a parsed plain chunk (``data``: its event's data),
+        as the bytes of the whole event, framing included."""
         found = _plain_text(chunk)
-        if found is None or _UNSAFE_TEXT.search(found[1]) is not None:
-            return
+        if found is None or _UNSAFE_TEXT.search(found[1]) is not None or "\n" in data:
+            return  # not plain, or not the one-line event a template matches
         kind, text = found
         key = f'"{kind}":"'
         start = data.find(key + text + '"')
@@ -313,7 +317,7 @@ class ContentTemplate:
         end = cut + len(text)
         pad = chunk.get("obfuscation")
         if pad is None:
-            self.mid, self.tail, self.padded = data[end:], "", False
+            mid, tail = data[end:] + "\n\n", ""
         else:
             if not isinstance(pad, str) or _UNSAFE_TEXT.search(pad) or data.count(_PAD_KEY) != 1:
                 return
@@ -321,8 +325,10 @@ class ContentTemplate:
             if at < 0:
                 return  # before the text, or spelled differently: no template
             after = at + len(_PAD_KEY)
-            self.mid, self.tail, self.padded = data[end:after], data[after + len(pad) :], True
-        self.head, self.kind, self._like, self._canonical = data[:cut], kind, None, None
+            mid, tail = data[end:after], data[after + len(pad) :] + "\n\n"
+        self.head = ("data: " + data[:cut]).encode()
+        self.mid, self.tail, self.padded = mid.encode(), tail.encode(), pad is not None
+        self.kind, self._like, self._canonical = kind, None, None
 
     @property
     def learned(self) -> bool:
@@ -330,14 +336,14 @@ class ContentTemplate:
 
     @property
     def canonical(self) -> bool:
-        """Whether the JSON around the string (and the padding) is exactly what encode_json
-        writes (compact, ASCII, the upstream's order): a format may then re-escape the string
-        alone. Worked out when first asked (one parse and one encoding), not on every learn."""
+        """Whether the event around the string (and the padding) is exactly what encode_json
+        writes (compact, ASCII, the upstream's order): a format may then relay a matched event
+        as it is, or re-escape its string alone. Worked out when first asked (one parse and one
+        encoding), not on every learn."""
         canonical = self._canonical
         if canonical is None:
-            blank = self._blank()
-            encoded = encode_json(_DECODER.decode(blank))
-            canonical = self._canonical = encoded == f"data: {blank}\n\n".encode()
+            encoded = encode_json(_DECODER.decode(self._blank()))
+            canonical = self._canonical = encoded == self.head + self.mid + self.tail
         return canonical
 
     @property
@@ -352,36 +358,39 @@ class ContentTemplate:
     def _blank(self) -> str:
         """The template's chunk with its string (and padding) empty: valid JSON."""
         assert self.head, "no template learned"
-        return self.head + self.mid + self.tail
+        return (self.head + self.mid + self.tail)[6:-2].decode()
 
-    def match(self, data: str) -> str | None:
-        """The chunk's string if it is a plain chunk of the template's shape, else None."""
+    def match(self, event: bytes) -> str | None:
+        """The string of ``event`` (one whole event: ``data: ``, the JSON, a blank line) if it
+        is a plain chunk of the template's shape, else None. All on the bytes as they came: a
+        chat stream's event goes out as it is, never decoded."""
         head, mid = self.head, self.mid
-        if not data.startswith(head):
+        if not event.startswith(head):
             return None
+        start = len(head)
         if not self.padded:
-            if len(data) >= len(head) + len(mid) and data.endswith(mid):
-                text = data[len(head) : len(data) - len(mid)]
-                if _UNSAFE_TEXT.search(text) is None:
-                    return text
-            return None
-        # The text ends at the first quote; the padding runs from the mid to the tail.
-        end = data.find('"', len(head))
-        tail = self.tail
-        if end < 0 or not data.startswith(mid, end) or not data.endswith(tail):
-            return None
-        rest = end + len(mid)
-        if rest > len(data) - len(tail):
-            return None
-        if _UNSAFE_TEXT.search(data, len(head), end) or _UNSAFE_TEXT.search(
-            data, rest, len(data) - len(tail)
-        ):
-            return None
-        return data[len(head) : end]
+            stop = len(event) - len(mid)
+            if stop < start or not event.endswith(mid) or _UNSAFE.search(event, start, stop):
+                return None
+        else:
+            # The text ends at the first quote; the padding runs from the mid to the tail.
+            stop = event.find(b'"', start)
+            tail = self.tail
+            if stop < 0 or not event.startswith(mid, stop) or not event.endswith(tail):
+                return None
+            rest = stop + len(mid)
+            end = len(event) - len(tail)
+            if rest > end or _UNSAFE.search(event, start, stop) or _UNSAFE.search(event, rest, end):
+                return None
+        try:
+            return event[start:stop].decode()
+        except UnicodeDecodeError:
+            return None  # the slow path decodes it with replacement characters
 
 
 # In a JSON string these three need escapes; their absence makes the text its own JSON form.
 _UNSAFE_TEXT = re.compile(r'[\x00-\x1f"\\]')
+_UNSAFE = re.compile(rb'[\x00-\x1f"\\]')  # the same, in the bytes of an event
 _TEXT_KINDS = frozenset({"content", "reasoning_content", "reasoning"})
 _CHOICE_KEYS = frozenset({"index", "delta", "finish_reason"})
 _PAD_KEY = '"obfuscation":"'

@@ -82,7 +82,10 @@ class UpstreamStream:
         so :meth:`read` is inlined (one coroutine frame less); a stream that wraps another
         overrides :meth:`read` and gets :meth:`_read_before_via_read`.
         """
-        task = self._arm(wake)
+        self._wake = wake  # the read's deadline; the timer moves only if it comes earlier
+        if self._timer is None or wake < self._timer_at:
+            self._move_timer(wake)  # rarely: the common case costs no call
+        task = self._reader = asyncio.current_task()  # the task the timer cancels
         try:
             return await self._response.content.readany()
         except (aiohttp.ClientError, RuntimeError) as exc:
@@ -95,7 +98,10 @@ class UpstreamStream:
 
     async def _read_before_via_read(self, wake: float) -> bytes:
         """:meth:`read_before` for a subclass whose :meth:`read` is its own."""
-        task = self._arm(wake)
+        self._wake = wake
+        if self._timer is None or wake < self._timer_at:
+            self._move_timer(wake)
+        task = self._reader = asyncio.current_task()
         try:
             return await self.read()
         except asyncio.CancelledError:
@@ -104,19 +110,14 @@ class UpstreamStream:
         finally:
             self._reader = None
 
-    def _arm(self, wake: float) -> asyncio.Task[Any] | None:
-        """Note the read's deadline, move the timer only if it comes earlier, and note the
-        task that waits (the one the timer cancels)."""
-        self._wake = wake
+    def _move_timer(self, wake: float) -> None:
+        """Arm the stream's timer for ``wake`` (none was armed, or it was set for later)."""
         timer = self._timer
-        if timer is None or wake < self._timer_at:
-            if timer is not None:
-                timer.cancel()
-            self._timer_at = wake
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(wake, self._on_timer, context=TIMER_CONTEXT)
-        task = self._reader = asyncio.current_task()
-        return task
+        if timer is not None:
+            timer.cancel()
+        self._timer_at = wake
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(wake, self._on_timer, context=TIMER_CONTEXT)
 
     def _cancelled(self, task: asyncio.Task[Any] | None) -> None:
         """The read was cancelled: a ``TimeoutError`` if our timer did it (and no one else

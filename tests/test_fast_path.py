@@ -17,6 +17,11 @@ HEAD = '{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","cho
 USAGE = '{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}'
 
 
+def sse(data: str) -> bytes:
+    """``data`` as one event of its own, the way one upstream read carries it."""
+    return b"data: " + data.encode() + b"\n\n"
+
+
 def content(text: str, *, reason: str = "null", usage: str = "null") -> str:
     choice = f'[{{"index":0,"delta":{{"content":"{text}"}},"finish_reason":{reason}}}]'
     return f'{HEAD}{choice},"usage":{usage}}}'
@@ -76,11 +81,11 @@ def test_fast_path_is_taken_for_plain_chunks() -> None:
     translator.feed_events([Event(content("Hello"))])
     template = translator.template
     assert template.learned
-    assert template.match(content(" more text")) == " more text"
-    assert template.match(content("x", reason='"stop"')) is None
-    assert template.match(content("a\\nb")) is None
-    assert template.match(content('a"b')) is None
-    assert template.match(content("x", usage=USAGE)) is None
+    assert template.match(sse(content(" more text"))) == " more text"
+    assert template.match(sse(content("x", reason='"stop"'))) is None
+    assert template.match(sse(content("a\\nb"))) is None
+    assert template.match(sse(content('a"b'))) is None
+    assert template.match(sse(content("x", usage=USAGE))) is None
 
 
 def test_in_band_error_still_detected_after_template() -> None:
@@ -167,12 +172,12 @@ def test_fast_path_is_taken_for_chunks_as_openai_sends_them() -> None:
     template = translator.template
     assert template.learned
     assert template.padded
-    assert template.match(real(" more text", pad="Zz9Q")) == " more text"
-    assert template.match(real(" more", pad="")) == " more"
-    assert template.match(real("x", pad='a\\"b')) is None
-    assert template.match(real("x", logprobs='{"content":[]}')) is None
-    assert template.match(real("x", reason='"stop"')) is None
-    assert template.match(real("x", usage=USAGE)) is None
+    assert template.match(sse(real(" more text", pad="Zz9Q"))) == " more text"
+    assert template.match(sse(real(" more", pad=""))) == " more"
+    assert template.match(sse(real("x", pad='a\\"b'))) is None
+    assert template.match(sse(real("x", logprobs='{"content":[]}'))) is None
+    assert template.match(sse(real("x", reason='"stop"'))) is None
+    assert template.match(sse(real("x", usage=USAGE))) is None
     # As it is, padding and all: the same bytes the upstream sent.
     out, failure = translator.feed_events([Event(real(" again", pad="p4d"))])
     assert (out, failure) == (b"data: " + real(" again", pad="p4d").encode() + b"\n\n", None)
@@ -187,9 +192,9 @@ def test_non_ascii_text_in_a_padded_chunk_is_escaped_without_parsing() -> None:
     template = translator.template
     assert template.canonical
     data = real(" sch\u00f6n \U0001f680", pad="Zq9")
-    text = template.match(data)
+    text = template.match(sse(data))
     assert text == " sch\u00f6n \U0001f680"
-    out = OpenAIChat(include_usage=False).delta(data, text, template)
+    out = OpenAIChat(include_usage=False).delta(sse(data), text, template)
     assert out == encode_json(json.loads(data))
     assert b"\\u00f6" in out
     assert b'"obfuscation":"Zq9"' in out
@@ -289,9 +294,9 @@ def test_fast_path_is_taken_for_reasoning_and_arguments() -> None:
     translator.feed_events([Event(thought("a")), Event(thought("b"))])
     template = translator.template
     assert template.kind == "reasoning_content"
-    assert template.match(thought(" more")) == " more"
+    assert template.match(sse(thought(" more"))) == " more"
     for data in (opening(0, "a", "f"), fragment("{"), fragment("}")):
         translator.feed_events([Event(data)])
     assert template.kind == "arguments"
-    assert template.match(fragment("x")) == "x"
-    assert template.match(fragment("x", index=1)) is None  # another call: parsed
+    assert template.match(sse(fragment("x"))) == "x"
+    assert template.match(sse(fragment("x", index=1))) is None  # another call: parsed

@@ -28,14 +28,14 @@ def test_one_sentence_repeating_is_caught_after_the_window() -> None:
     assert tripped is not None
     index, found = tripped
     assert found == len(sentence)
-    # Checked every 32 characters: caught within 32 characters (and a token) of completing.
+    # Checked every 128 characters: caught within 128 characters (and a token) of completing.
     longest_token = max(len(token) for token in tokens)
-    assert len("".join(tokens[: index + 1])) < 2000 + len(sentence) + 32 + longest_token
+    assert len("".join(tokens[: index + 1])) < 2000 + len(sentence) + 128 + longest_token
 
 
 def test_a_single_token_repeating_is_caught() -> None:
     assert feed_all(RepetitionDetector(500, 50, every=1), ["\n"] * 600) == (499, 1)
-    # Checked every 32 characters by default: the first check at or after 500 is at 512.
+    # Checked every 128 characters by default: the first check at or after 500 is at 512.
     assert feed_all(RepetitionDetector(500, 50), ["\n"] * 600) == (511, 1)
 
 
