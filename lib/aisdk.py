@@ -110,6 +110,7 @@ class UIMessageStream:
 
     name = "ui"
     headers = UI_HEADERS
+    relays_as_is = False
 
     def __init__(self) -> None:
         self._text_open = False
@@ -326,6 +327,7 @@ class TextStream:
 
     name = "text"
     headers = TEXT_HEADERS
+    relays_as_is = False
 
     def open(self) -> bytes:
         return b""

@@ -589,6 +589,7 @@ class ResponsesStream:
 
     name = "responses"
     headers = RESPONSES_HEADERS
+    relays_as_is = False
 
     def __init__(self, meta: Meta) -> None:
         self.meta = meta

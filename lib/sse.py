@@ -82,7 +82,10 @@ class SSEDecoder:
     """Incremental event-stream decoder: ``feed`` bytes as they arrive, ``flush`` at the end."""
 
     def __init__(self, max_line_bytes: int = 1 << 20) -> None:
-        self._max = max_line_bytes
+        self.max_line_bytes = max_line_bytes
+        # Nothing buffered (no unfinished line or event): a read that is one whole event is
+        # that event alone. Kept up to date by feed, so asking costs no call.
+        self.idle = True
         self._parts: list[bytes] = []  # pieces of the unfinished line, joined once it ends
         self._parts_size = 0
         self._bom_checked = False
@@ -106,6 +109,12 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[Event]:
         """Take the next read; return the events it completed, in order."""
+        try:
+            return self._feed(chunk)
+        finally:
+            self.idle = not (self._parts or self._data or self._in_event or self._after_cr)
+
+    def _feed(self, chunk: bytes) -> list[Event]:
         if not chunk:
             return []
         if self._after_cr:
@@ -133,7 +142,7 @@ class SSEDecoder:
             self._parts.append(chunk)
             self._parts_size += len(chunk)
             if _LF not in chunk and _CR not in chunk:
-                if self._parts_size > self._max:
+                if self._parts_size > self.max_line_bytes:
                     self._overflow()
                 return []
             buf = b"".join(self._parts)
@@ -155,8 +164,9 @@ class SSEDecoder:
             rest = lines.pop()
             self._parts.append(rest)
             self._parts_size = len(rest)
-        if len(buf) > self._max and (
-            self._parts_size > self._max or any(len(line) > self._max for line in lines)
+        limit = self.max_line_bytes
+        if len(buf) > limit and (
+            self._parts_size > limit or any(len(line) > limit for line in lines)
         ):
             self._overflow()
         return self._process(lines) if lines else []
@@ -168,15 +178,12 @@ class SSEDecoder:
         anything else (False) call :meth:`feed`. At real pacing nearly every read is one such
         event, and the caller can take its bytes as they are."""
         if (
-            self._parts
-            or self._data
-            or self._in_event
-            or self._after_cr
+            not self.idle
             or not chunk.startswith(b"data: ")
             or chunk.find(b"\n") != len(chunk) - 2
             or not chunk.endswith(b"\n\n")
             or _CR in chunk
-            or len(chunk) > self._max
+            or len(chunk) > self.max_line_bytes
         ):
             return False
         self._bom_checked = True  # it starts with "data: ", not with a BOM
@@ -185,7 +192,7 @@ class SSEDecoder:
     def _simple(self, buf: bytes) -> list[Event] | None:
         """The common case in one pass: whole events of one ``data: `` line each, LF only, and
         nothing buffered before them; None for anything else (the line-by-line path)."""
-        if len(buf) > self._max or _CR in buf or not buf.startswith(b"data: "):
+        if len(buf) > self.max_line_bytes or _CR in buf or not buf.startswith(b"data: "):
             return None
         if buf.find(b"\n") == len(buf) - 2:  # one event in this read: at real pacing, most
             return [Event(text_of(buf[6:-2]), None, self._id)]
@@ -220,7 +227,7 @@ class SSEDecoder:
             elif line.startswith(b"data: "):  # the hot path: one JSON object per data line
                 data.append(line[6:])
                 self._data_size += len(line) - 5
-                if self._data_size > self._max:
+                if self._data_size > self.max_line_bytes:
                     self._overflow()
             else:
                 self._field(line)
@@ -239,7 +246,7 @@ class SSEDecoder:
         if name == b"data":
             self._data.append(value)
             self._data_size += len(value) + 1
-            if self._data_size > self._max:
+            if self._data_size > self.max_line_bytes:
                 self._overflow()
             return
         self._in_event = True
@@ -256,7 +263,7 @@ class SSEDecoder:
         self._parts_size = 0
         self._data.clear()
         self._data_size = 0
-        raise LineTooLong(self._max)
+        raise LineTooLong(self.max_line_bytes)
 
 
 def encode_event(data: str, *, event: str | None = None, id: str | None = None) -> bytes:

@@ -105,10 +105,21 @@ class Translator:
     def feed(self, data: bytes) -> tuple[bytes, APIError | None]:
         """The bytes for the events one upstream read completed, and the failure that ended
         them, if any."""
+        decoder = self._decoder
         try:
-            if self._decoder.single(data):  # at real pacing nearly every read: one event
-                return self._one(data)
-            return self.feed_events(self._decoder.feed(data))
+            # At real pacing nearly every read is one event, and most are plain chunks: those
+            # are matched as the read's bytes (a match is one whole line: the template has no
+            # line break and its holes allow none) with no step through the decoder.
+            if decoder.idle and len(data) <= decoder.max_line_bytes:
+                if self.template.head:
+                    text = self.template.match(data)
+                    if text is not None:
+                        done = self._plain(data, text)
+                        if done is not None:
+                            return done
+                if decoder.single(data):
+                    return self._parsed(data)
+            return self.feed_events(decoder.feed(data))
         except LineTooLong as exc:  # the events completed before it in this read are dropped
             return b"", UpstreamLineTooLong(exc.limit)
         except _MALFORMED as exc:
@@ -145,23 +156,39 @@ class Translator:
     def _one(self, event: bytes) -> tuple[bytes, APIError | None]:
         """One event's bytes (``event``: ``data: `` and its data, then a blank line), or the
         failure it is (then nothing of it is written)."""
-        said, template = self.said, self.template
+        template = self.template
         if template.head:  # a template was learned
             text = template.match(event)
             if text is not None:
-                kind = template.kind
-                if kind == "content":
-                    out = self._fmt.delta(event, text, template)
-                else:
-                    out = self._fmt.other_delta(kind, event, text, template)
-                if out is not None:
-                    if kind != "arguments" and self._loops is not None:
-                        period = self._loops.feed(text)
-                        if period is not None:
-                            return b"", _repetitive(period)
-                    if out:
-                        said.events += 1
-                    return out, None
+                done = self._plain(event, text)
+                if done is not None:
+                    return done
+        return self._parsed(event)
+
+    def _plain(self, event: bytes, text: str) -> tuple[bytes, APIError | None] | None:
+        """A plain chunk the template matched (``text``: its string), or None when the format
+        wants it parsed after all."""
+        template = self.template
+        kind, fmt = template.kind, self._fmt
+        if fmt.relays_as_is and event.isascii() and template.canonical:
+            out: bytes | None = event
+        elif kind == "content":
+            out = fmt.delta(event, text, template)
+        else:
+            out = fmt.other_delta(kind, event, text, template)
+        if out is None:
+            return None
+        if kind != "arguments" and self._loops is not None:
+            period = self._loops.feed(text)
+            if period is not None:
+                return b"", _repetitive(period)
+        if out:
+            self.said.events += 1
+        return out, None
+
+    def _parsed(self, event: bytes) -> tuple[bytes, APIError | None]:
+        """The slow path for one event: parsed, checked, learned from, and a new template."""
+        said = self.said
         data = text_of(event[6:-2])
         if not data:
             return b"", None
@@ -175,7 +202,7 @@ class Translator:
         if failure is not None:
             return b"", failure
         assert chunk is not None
-        template.learn(data, chunk)
+        self.template.learn(data, chunk)
         out = self._fmt.chunk(data, chunk)
         if out:
             said.events += 1
@@ -279,6 +306,11 @@ class ContentTemplate:
     another string: valid JSON, no finish reason, no usage, no error, so nothing the slow path
     would learn from it is lost. Anything else (other fields, escapes, a finish reason, usage,
     errors, ``[DONE]``, invalid JSON) takes the slow path, which also re-learns the template.
+
+    The template is the whole event as bytes (``data: ``, the JSON, the blank line), and it
+    matches the bytes of a read that is one event: nothing is decoded but the string, and a
+    chat format can relay the read itself. An event decoded from a read that held several is
+    framed the same way first. A chunk whose JSON spans lines gets no template.
 
     OpenAI pads every chunk with a random ``obfuscation`` string (against side channels that
     read token lengths from packet sizes), so its chunks differ in two strings. When the learned

@@ -200,6 +200,47 @@ def test_non_ascii_text_in_a_padded_chunk_is_escaped_without_parsing() -> None:
     assert b'"obfuscation":"Zq9"' in out
 
 
+def test_a_plain_chat_read_is_relayed_as_the_bytes_that_came() -> None:
+    """One read, one canonical plain chunk: the chat format writes that read itself (no decode
+    and re-encode of the event), and the stream still learns what the text said."""
+    translator = Translator(OpenAIChat(include_usage=False), repetition=(40, 4))
+    translator.feed(sse(real("Hello", pad="a")))
+    read = sse(real(" more", pad="Zz9Q"))
+    out, failure = translator.feed(read)
+    assert failure is None
+    assert out is read
+    # The text still reaches the loop detector: the same token over and over is cut off.
+    failures = [translator.feed(sse(real("ab", pad="p")))[1] for _ in range(60)]
+    assert any(isinstance(f, APIError) and f.type == "repetitive_output" for f in failures)
+
+
+def test_invalid_utf8_in_a_plain_read_is_decoded_as_the_slow_path_decodes_it() -> None:
+    """Bytes that are not UTF-8 in the text of a read that matches the template: the read takes
+    the slow path, which decodes them with replacement characters."""
+    learned = Translator(OpenAIChat(include_usage=False))
+    learned.feed(sse(real("Hello", pad="a")))
+    assert learned.template.learned
+    fresh = Translator(OpenAIChat(include_usage=False))
+    fresh.feed(sse(real("Hello", pad="a")))
+    fresh.template = ContentTemplate()
+    read = sse(real(" ok", pad="pp")).replace(b" ok", b" o\xffk")
+    out, failure = learned.feed(read)
+    assert failure is None
+    assert out == fresh.feed(read)[0]
+    assert b"\\ufffd" in out
+
+
+def test_a_chunk_whose_json_spans_lines_gets_no_template() -> None:
+    """An event whose data is several lines is one JSON text with line breaks in it: no single
+    line of a later read could be that event, so it is not a template."""
+    translator = Translator(OpenAIChat(include_usage=False))
+    data = real("Hello", pad="a").replace('"choices":', '\n"choices":')
+    out, failure = translator.feed(b"data: " + data.replace("\n", "\ndata: ").encode() + b"\n\n")
+    assert failure is None
+    assert out == encode_json(json.loads(data))
+    assert not translator.template.learned
+
+
 def test_a_template_from_non_compact_json_is_not_canonical() -> None:
     translator = Translator(OpenAIChat(include_usage=False))
     translator.feed_events([Event(content("Hello").replace('"model":"m"', '"model": "m"'))])

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from lib.aisdk import TextStream, UIMessageStream
 from lib.asgi import Exchange
 from lib.clock import StreamClock
+from lib.errors import UpstreamLineTooLong, UpstreamProtocolError
 from lib.formats import Format, OpenAIChat, OpenAICompletion, WholeResponse
 from lib.relay import relay
 from lib.sse import SSEDecoder, text_of
@@ -112,6 +113,53 @@ def test_single_respects_the_line_limit() -> None:
     chunk = b"data: " + b"x" * 100 + b"\n\n"
     assert not SSEDecoder(max_line_bytes=50).single(chunk)
     assert SSEDecoder(max_line_bytes=200).single(chunk)
+
+
+def test_idle_says_whether_anything_is_buffered() -> None:
+    decoder = SSEDecoder()
+    assert decoder.idle
+    for read, idle in [
+        (b"data: {", False),  # an unfinished line
+        (b'"a":1}\n', False),  # a data line of an event not yet dispatched
+        (b"\n", True),
+        (b"id: 1\n", False),  # a field of an event not yet dispatched
+        (b"\n", True),
+        (b"data: x\r", False),  # a CR whose LF may come next
+        (b"\n\n", True),
+    ]:
+        decoder.feed(read)
+        assert decoder.idle is idle, read
+
+
+def test_a_read_that_matches_the_template_still_belongs_to_the_event_before_it() -> None:
+    """With part of an event buffered, a read that looks like a plain chunk is the rest of that
+    event, and only the decoder knows what it means: the fast path must not take it."""
+    plain = ("data: " + REAL_STREAM[1] + "\n\n").encode()
+    fast, slow = (
+        Translator(OpenAIChat(include_usage=False)),
+        Translator(OpenAIChat(include_usage=False)),
+    )
+    for translator in (fast, slow):
+        translator.feed(("data: " + REAL_STREAM[0] + "\n\n").encode())
+        translator.feed(b"data: {")  # the start of an event: cut off mid-line
+    slow.template = type(slow.template)()  # never learned: the decoder's reading
+    assert fast.template.match(plain) is not None
+    (fast_out, fast_failure), (slow_out, slow_failure) = fast.feed(plain), slow.feed(plain)
+    assert fast_out == slow_out == b""
+    assert isinstance(fast_failure, UpstreamProtocolError)  # "data: {" + a whole event
+    assert isinstance(slow_failure, UpstreamProtocolError)
+    assert fast_failure.message == slow_failure.message
+
+
+def test_a_read_that_matches_the_template_respects_the_line_limit() -> None:
+    plain = ("data: " + REAL_STREAM[1] + "\n\n").encode()
+    translator = Translator(OpenAIChat(include_usage=False), max_line_bytes=len(plain) - 3)
+    first = ("data: " + REAL_STREAM[0] + "\n\n").encode()
+    assert translator.feed(first)[1] is None
+    assert translator.template.match(plain) is not None
+    out, failure = translator.feed(plain)
+    assert out == b""
+    assert isinstance(failure, UpstreamLineTooLong)
 
 
 CHAT = (
