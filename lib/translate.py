@@ -323,7 +323,17 @@ class ContentTemplate:
     and the parsed chunk would be about a kilobyte more for every open stream.
     """
 
-    __slots__ = ("_canonical", "_like", "head", "kind", "mid", "padded", "tail")
+    __slots__ = (
+        "_canonical",
+        "_like",
+        "_shapes",
+        "head",
+        "kind",
+        "mid",
+        "padded",
+        "rest",
+        "tail",
+    )
 
     def __init__(self) -> None:
         self._like: dict[str, Any] | None = None  # parsed on first use, then kept
@@ -332,7 +342,9 @@ class ContentTemplate:
         self.mid = b""  # after the text: up to the padding when padded, else to the end
         self.tail = b""  # after the padding, to the end (b"" when not padded)
         self.padded = False  # the chunk has OpenAI's ``obfuscation`` string
+        self.rest: re.Pattern[bytes] | None = None  # matches the event after the head
         self._canonical: bool | None = None  # worked out on first use, then kept
+        self._shapes = 0  # patterns this stream had compiled (see learn)
 
     def learn(self, data: str, chunk: dict[str, Any]) -> None:
         """Keep the JSON around the string of a parsed plain chunk (``data``: its event's data),
@@ -358,8 +370,18 @@ class ContentTemplate:
                 return  # before the text, or spelled differently: no template
             after = at + len(_PAD_KEY)
             mid, tail = data[end:after], data[after + len(pad) :] + "\n\n"
+        mid_bytes, tail_bytes = mid.encode(), tail.encode()
+        rest = _RESTS.get((mid_bytes, tail_bytes))
+        if rest is None:
+            # The JSON after the string is the same for every chunk of a stream, and for every
+            # stream of an upstream, so its pattern is compiled once per process. One stream
+            # whose chunks keep changing it is not worth a compilation for each.
+            if self._shapes >= _MAX_SHAPES:
+                return
+            self._shapes += 1
+            rest = _rest_pattern(mid_bytes, tail_bytes)
         self.head = ("data: " + data[:cut]).encode()
-        self.mid, self.tail, self.padded = mid.encode(), tail.encode(), pad is not None
+        self.mid, self.tail, self.padded, self.rest = mid_bytes, tail_bytes, pad is not None, rest
         self.kind, self._like, self._canonical = kind, None, None
 
     @property
@@ -394,35 +416,42 @@ class ContentTemplate:
 
     def match(self, event: bytes) -> str | None:
         """The string of ``event`` (one whole event: ``data: ``, the JSON, a blank line) if it
-        is a plain chunk of the template's shape, else None. All on the bytes as they came: a
-        chat stream's event goes out as it is, never decoded."""
-        head, mid = self.head, self.mid
+        is a plain chunk of the template's shape, else None. All on the bytes as they came (a
+        chat stream's event goes out as it is, never decoded), in two C calls: the head
+        compared, then one pattern for the rest (string, mid, padding, tail, the end)."""
+        head = self.head
         if not event.startswith(head):
             return None
-        start = len(head)
-        if not self.padded:
-            stop = len(event) - len(mid)
-            if stop < start or not event.endswith(mid) or _UNSAFE.search(event, start, stop):
-                return None
-        else:
-            # The text ends at the first quote; the padding runs from the mid to the tail.
-            stop = event.find(b'"', start)
-            tail = self.tail
-            if stop < 0 or not event.startswith(mid, stop) or not event.endswith(tail):
-                return None
-            rest = stop + len(mid)
-            end = len(event) - len(tail)
-            if rest > end or _UNSAFE.search(event, start, stop) or _UNSAFE.search(event, rest, end):
-                return None
+        assert self.rest is not None
+        found = self.rest.fullmatch(event, len(head))
+        if found is None:
+            return None
         try:
-            return event[start:stop].decode()
+            return found.group(1).decode()
         except UnicodeDecodeError:
             return None  # the slow path decodes it with replacement characters
 
 
+def _rest_pattern(mid: bytes, tail: bytes) -> re.Pattern[bytes]:
+    """What follows a template's head: the string (no quote, backslash or control character:
+    then it is its own JSON form), the mid, and when padded (``tail`` not empty) the padding,
+    as safe, and the tail; then the end of the event. Kept for the process, a few at most."""
+    safe = rb'[^"\\\x00-\x1f]*'
+    source = b"(" + safe + b")" + re.escape(mid)
+    if tail:
+        source += safe + re.escape(tail)
+    if len(_RESTS) >= _MAX_RESTS:
+        _RESTS.clear()
+    rest = _RESTS[(mid, tail)] = re.compile(source)
+    return rest
+
+
+_RESTS: dict[tuple[bytes, bytes], re.Pattern[bytes]] = {}
+_MAX_RESTS = 256  # shapes kept for the process (a deployment has one upstream, a few shapes)
+_MAX_SHAPES = 8  # new shapes one stream may have compiled; after that it learns no more
+
 # In a JSON string these three need escapes; their absence makes the text its own JSON form.
 _UNSAFE_TEXT = re.compile(r'[\x00-\x1f"\\]')
-_UNSAFE = re.compile(rb'[\x00-\x1f"\\]')  # the same, in the bytes of an event
 _TEXT_KINDS = frozenset({"content", "reasoning_content", "reasoning"})
 _CHOICE_KEYS = frozenset({"index", "delta", "finish_reason"})
 _PAD_KEY = '"obfuscation":"'

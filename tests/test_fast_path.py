@@ -241,6 +241,26 @@ def test_a_chunk_whose_json_spans_lines_gets_no_template() -> None:
     assert not translator.template.learned
 
 
+def test_a_stream_whose_chunks_keep_changing_shape_stops_learning_them() -> None:
+    """Each new shape of the JSON after the string costs a pattern compilation: a stream gets
+    eight, then keeps the template it has, and every chunk is still relayed as parsed."""
+
+    def shifting(tag: str, i: int, text: str) -> str:  # the field after the text differs
+        return content(text).replace('"usage":null', f'"usage":null,"{tag}{i}":{i}')
+
+    # The patterns are kept for the process: each part of the test has shapes of its own.
+    datas = [shifting("compare", i, f"t{i}") for i in range(20)]
+    fast, _ = run(OpenAIChat(include_usage=False), datas, fast=True)
+    slow, _ = run(OpenAIChat(include_usage=False), datas, fast=False)
+    assert fast == slow
+    translator = Translator(OpenAIChat(include_usage=False))
+    for i in range(20):
+        translator.feed(sse(shifting("learn", i, f"t{i}")))
+    template = translator.template
+    assert template.match(sse(shifting("learn", 7, "again"))) == "again"  # the eighth, kept
+    assert template.match(sse(shifting("learn", 19, "again"))) is None  # never learned
+
+
 def test_a_template_from_non_compact_json_is_not_canonical() -> None:
     translator = Translator(OpenAIChat(include_usage=False))
     translator.feed_events([Event(content("Hello").replace('"model":"m"', '"model": "m"'))])
