@@ -49,11 +49,13 @@ def loop_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
 
 
 class WriteBound(Protocol):
-    """When a write to the caller has waited too long (lib/clock.StreamClock)."""
+    """When a write to the caller has waited too long (lib/clock.StreamClock). Whoever writes
+    notes when each write began and that it ended (``writing_since``, None between writes)."""
 
-    def write_check(self, writing_since: float | None, now: float) -> float | None:
-        """None: the write waiting since ``writing_since`` has stalled; else when to look
-        again (loop time)."""
+    writing_since: float | None
+
+    def write_check(self, now: float) -> float | None:
+        """None: the write in progress has stalled; else when to look again (loop time)."""
         ...
 
 
@@ -106,11 +108,9 @@ class Exchange:
         "_receive",
         "_send",
         "_target",
-        "_time",
         "_watcher",
         "_write_bound",
         "_write_timer",
-        "_writing_since",
         "bytes_sent",
         "disconnected",
         "scope",
@@ -131,10 +131,8 @@ class Exchange:
         self._body_read = False
         self._watcher: asyncio.Future[Message] | None = None
         self._target: asyncio.Task[Any] | None = None
-        self._writing_since: float | None = None
         self._write_bound: WriteBound | None = None
         self._write_timer: asyncio.TimerHandle | None = None
-        self._time: Callable[[], float] | None = None  # the loop's clock, once it is known
 
     async def read_body(self, limit: int, time_limit: float | None = None) -> bytes:
         """The whole body; ``BodyTooLarge`` the moment it passes ``limit``, ``RequestTimeout``
@@ -213,8 +211,8 @@ class Exchange:
 
     def bound_writes(self, bound: WriteBound) -> None:
         """From now on, end the exchange (:class:`ClientStalled`) when ``bound`` says a write
-        has waited too long (lib/clock.StreamClock.write_check). Call inside ``async with
-        exchange``."""
+        has waited too long (lib/clock.StreamClock.write_check); the caller notes on ``bound``
+        when each write begins and ends. Call inside ``async with exchange``."""
         self._write_bound = bound
         self._check_writes()
 
@@ -223,27 +221,13 @@ class Exchange:
         one that is waiting for the caller's socket to drain."""
         loop = asyncio.get_running_loop()
         assert self._write_bound is not None
-        wake = self._write_bound.write_check(self._writing_since, loop.time())
+        wake = self._write_bound.write_check(loop.time())
         if wake is None:
             self.stalled = True
             if self._target is not None:
                 self._target.cancel()
             return
         self._write_timer = loop.call_at(wake, self._check_writes, context=TIMER_CONTEXT)
-
-    async def _send_timed(self, message: Message) -> None:
-        self._writing_since = self._clock()
-        try:
-            await self._send(message)
-        finally:
-            self._writing_since = None
-
-    def _clock(self) -> float:
-        """The loop's clock (the watchdog's), looked up once per exchange, not once per write."""
-        clock = self._time
-        if clock is None:
-            clock = self._time = loop_clock(asyncio.get_running_loop())
-        return clock()
 
     def _watch(self) -> None:
         """Wait for the server's next message as a task of its own (no coroutine of ours around
@@ -272,22 +256,17 @@ class Exchange:
         if self._body_unread():
             headers = [*headers, CLOSE]
         message = {"type": "http.response.start", "status": status, "headers": headers}
-        await self._send_timed(message)
+        await self._send(message)
 
-    async def write(self, data: bytes, now: float | None = None) -> None:
-        """One body write; ``now``: the loop's time if the caller just read it (the pump does),
-        so the watchdog's start of the write costs no second clock read."""
-        # The stream's hot path (one call per relayed read): _send_timed inlined, one frame less.
+    def write(self, data: bytes) -> Awaitable[None]:
+        """One body write: the server's own awaitable, to await (the stream's hot path, one
+        call per relayed read: no coroutine of ours around it)."""
         self.bytes_sent += len(data)
-        self._writing_since = self._clock() if now is None else now
-        try:
-            await self._send({"type": "http.response.body", "body": data, "more_body": True})
-        finally:
-            self._writing_since = None
+        return self._send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def end(self, data: bytes = b"") -> None:
         self.bytes_sent += len(data)
-        await self._send_timed({"type": "http.response.body", "body": data, "more_body": False})
+        await self._send({"type": "http.response.body", "body": data, "more_body": False})
 
     async def respond(self, status: int, body: bytes, headers: Headers = ()) -> None:
         """A complete, non-streamed response."""

@@ -28,6 +28,7 @@ class StreamClock:
         "started",
         "too_long_at",
         "write_stall",
+        "writing_since",
     )
 
     def __init__(
@@ -51,6 +52,8 @@ class StreamClock:
         # when the first upstream byte came and the first event went out (the log line's)
         self.first_data: float | None = None
         self.first_write: float | None = None
+        # When the write to the caller in progress began (None: none is); the relay notes it.
+        self.writing_since: float | None = None
 
     def begin(self, now: float) -> None:
         """The stream starts: its own limit and its timers count from ``now``."""
@@ -103,10 +106,11 @@ class StreamClock:
             )
         return None
 
-    def write_check(self, writing_since: float | None, now: float) -> float | None:
+    def write_check(self, now: float) -> float | None:
         """For the write watchdog: None when the write in progress (waiting since
         ``writing_since``) has stalled, or is still waiting at the stream's end; else when to
         look again."""
+        writing_since = self.writing_since
         stall, until = self.write_stall, self.ends_at()
         if writing_since is not None and (
             now - writing_since >= stall or (until is not None and now >= until)

@@ -82,11 +82,15 @@ async def relay(
         if whole is None:
             # Every write is bounded too: a caller that stops reading cannot hold the stream
             # past the write-stall timeout, the deadline or MAX_STREAM_SECONDS.
+            # The clock is told when each write begins and ends (writing_since), which the
+            # watchdog reads: the write itself is the server's own awaitable, no frame of ours.
             exchange.bound_writes(clock)
+            clock.writing_since = time()
             await exchange.start(200, [*translator.format.headers, *headers])
             opening = translator.open()
             if opening:
                 await exchange.write(opening)
+            clock.writing_since = None
             clock.wrote(time())
         backlog = b""  # the rest of a read too big for one step
         # At most this much of one read is relayed per step of the event loop (about 170
@@ -110,8 +114,10 @@ async def relay(
                             raise expired from None
                         ping = translator.keepalive()
                         if ping:
+                            clock.writing_since = now
                             await exchange.write(ping)
                             now = time()
+                            clock.writing_since = None
                         clock.last_write = now
                         continue
                     if not chunk:
@@ -124,8 +130,10 @@ async def relay(
                         chunk, backlog = chunk[:slice_bytes], chunk[slice_bytes:]
                 out, failure = translator.feed(chunk)
                 if out:
-                    await exchange.write(out, now)
+                    clock.writing_since = now
+                    await exchange.write(out)
                     now = clock.last_write = time()
+                    clock.writing_since = None
                     if clock.first_write is None:
                         clock.first_write = now
                 if failure is not None:
@@ -136,9 +144,11 @@ async def relay(
             trailer = translator.fail(error)
             if trailer is None:
                 raise BreakConnection from None
+            clock.writing_since = time()
             await exchange.end(trailer)
             return
         if whole is None:
+            clock.writing_since = time()
             await exchange.end(translator.close())
         else:
             await exchange.respond(200, whole.close(), headers)
