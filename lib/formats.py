@@ -134,7 +134,8 @@ class OpenAIChat:
 
     def __init__(self, *, include_usage: bool) -> None:
         self._include_usage = include_usage
-        self._splice = _Splice(self._with_text)
+        # Made on first use: a chat stream relayed as it is never needs one.
+        self._splice: _Splice | None = None
 
     def open(self) -> bytes:
         return b""
@@ -152,7 +153,13 @@ class OpenAIChat:
             return out
         like = template.like
         # OpenAI's padding differs in every chunk, and is relayed: not in the template's chunk.
-        return None if "obfuscation" in like else self._splice.event(like, text)
+        return None if "obfuscation" in like else self._spliced(like, text)
+
+    def _spliced(self, like: Chunk, text: str) -> bytes | None:
+        splice = self._splice
+        if splice is None:
+            splice = self._splice = _Splice(self._with_text)
+        return splice.event(like, text)
 
     @staticmethod
     def _with_text(like: Chunk, text: str) -> Chunk:
@@ -192,7 +199,10 @@ class OpenAICompletion(OpenAIChat):
         like = template.like
         if like.get("object") != "chat.completion.chunk":
             return None
-        return self._splice.event(like, text)
+        splice = self._splice  # every token of a completion stream: no call for it
+        if splice is None:
+            splice = self._splice = _Splice(self._with_text)
+        return splice.event(like, text)
 
     @staticmethod
     def _with_text(like: Chunk, text: str) -> Chunk:

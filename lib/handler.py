@@ -11,6 +11,7 @@ and nothing here ever puts the key, a request header or a traceback into a respo
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -268,11 +269,9 @@ class GenerateHandler:
         deadline = invocation_deadline(limits, started, asyncio.get_running_loop().time())
         cut_at = None if deadline is None else deadline - limits.deadline_margin
         endpoint = upstream_request.endpoint
-
-        def attempted(target: Target) -> None:
-            log.attempts += 1
-            log.upstream = target.name
-
+        # A partial, not a closure: a closure over log would keep a cell in this frame for
+        # the stream's lifetime (the partial goes once the upstream answered).
+        attempted = functools.partial(_note_attempt, log)
         try:
             async with self.limiter.holding(admission), exchange:
                 try:
@@ -340,6 +339,12 @@ async def _lifespan(receive: Receive, send: Send, *closers: Callable[[], Awaitab
                 await close()
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def _note_attempt(log: RequestLog, target: Target) -> None:
+    """One attempt at an upstream target, for the log line."""
+    log.attempts += 1
+    log.upstream = target.name
 
 
 def _record_stream(log: RequestLog, translator: Translator, clock: StreamClock) -> None:
