@@ -119,6 +119,10 @@ class UIMessageStream:
         self._reasoning_head: bytes | None = None  # reasoning-delta up to the text, this part's
         self._finish: str | None = None
         self._calls: dict[int, _ToolCall] = {}
+        # The call the template's argument fragments belong to, for the template with this
+        # head: found once, not through the template's parsed chunk on every fragment.
+        self._call_head = b""
+        self._call: _ToolCall | None = None
 
     def open(self) -> bytes:
         return encode_json({"type": "start"}) + encode_json({"type": "start-step"})
@@ -244,6 +248,7 @@ class UIMessageStream:
                 }
             out.append(encode_json(part))
         self._calls.clear()
+        self._call = None
         return b"".join(out)
 
     def delta(self, event: bytes, text: str, template: Template) -> bytes | None:
@@ -258,7 +263,11 @@ class UIMessageStream:
     def other_delta(self, kind: str, event: bytes, text: str, template: Template) -> bytes | None:
         """The fast path for reasoning and tool-argument chunks, once their part is open."""
         if kind == "arguments":
-            call = self._calls.get(template.like["choices"][0]["delta"]["tool_calls"][0]["index"])
+            call = self._call
+            if call is None or template.head is not self._call_head:
+                index = template.like["choices"][0]["delta"]["tool_calls"][0]["index"]
+                call = self._call = self._calls.get(index)
+                self._call_head = template.head
             if call is None or not call.started or self._reasoning_open:
                 return None  # the slow path opens the call (or ends the reasoning) first
             if not text:
