@@ -59,7 +59,7 @@ from lib.request import UpstreamRequest, build_upstream_request, parse_body, saf
 from lib.resilience import open_upstream
 from lib.retry import Target
 from lib.translate import Translator
-from lib.upstream import UpstreamClient
+from lib.upstream import UpstreamClient, UpstreamStream
 
 ALLOW = b"OPTIONS, POST"
 # lib.responses.ROUTE, spelled here: lib.responses and lib.responses_upstream are imported only
@@ -127,10 +127,45 @@ class GenerateHandler:
         exchange = Exchange(scope, receive, send)
         try:
             admitted = await self._admit(exchange, log)
-            if admitted is not None:
-                streaming = self._stream(exchange, log, *admitted, started)
-                del admitted  # _stream lets the upstream request (the whole prompt) go
-                await streaming
+            if admitted is None:
+                return
+            upstream_request, fmt, admission = admitted
+            del admitted
+            # The stream runs in this frame, holding the admission's lease; then the admission
+            # is settled. (A coroutine of its own would be one more frame per open stream, and
+            # one more level that every event resumes through.)
+            try:
+                async with self.limiter.holding(admission), exchange:
+                    limits = self.settings.stream
+                    deadline = invocation_deadline(
+                        limits, started, asyncio.get_running_loop().time()
+                    )
+                    cut_at = None if deadline is None else deadline - limits.deadline_margin
+                    stream = await self._open(upstream_request, log, cut_at)
+                    del upstream_request  # the upstream body is the whole prompt: not kept
+                    upstream = self.settings.upstream
+                    clock = clock_for(
+                        limits, idle=upstream.idle_timeout, started=started, cut_at=cut_at
+                    )
+                    translator = translator_for(fmt, upstream, limits)
+                    whole = fmt if isinstance(fmt, WholeResponse) else None
+                    if whole is not None:
+                        whole.accepted = True
+                    try:
+                        await relay(stream, translator, exchange, clock, admission.headers, whole)
+                    finally:
+                        _record_stream(log, translator, clock)
+            finally:
+                # The response starts only once the upstream accepted the request (it may
+                # charge); a whole answer starts later, so its format says when.
+                opened = exchange.started or (isinstance(fmt, WholeResponse) and fmt.accepted)
+                log.tokens_charged = await self.limiter.finish(
+                    admission,
+                    opened=opened,
+                    usage=log.usage,
+                    events=log.events,
+                    unknown=exchange.stalled,
+                )
         except APIError as error:
             log.error_type = error.type
             if not exchange.started:
@@ -254,67 +289,30 @@ class GenerateHandler:
         admission = await self.limiter.admit(log.client, request)
         return upstream_request, fmt, admission
 
-    async def _stream(
-        self,
-        exchange: Exchange,
-        log: RequestLog,
-        upstream_request: UpstreamRequest,
-        fmt: Format,
-        admission: Admission,
-        started: float,
-    ) -> None:
-        """Call upstream and relay its stream within the invocation's deadline, holding the
-        admission's lease; then settle the admission with the limiter."""
-        upstream, limits = self.settings.upstream, self.settings.stream
-        deadline = invocation_deadline(limits, started, asyncio.get_running_loop().time())
-        cut_at = None if deadline is None else deadline - limits.deadline_margin
+    async def _open(
+        self, upstream_request: UpstreamRequest, log: RequestLog, cut_at: float | None
+    ) -> UpstreamStream:
+        """The upstream's accepted stream (with retries and fallbacks), before the invocation
+        deadline; a Responses upstream's stream is read as chat chunks."""
         endpoint = upstream_request.endpoint
-        # A partial, not a closure: a closure over log would keep a cell in this frame for
-        # the stream's lifetime (the partial goes once the upstream answered).
-        attempted = functools.partial(_note_attempt, log)
         try:
-            async with self.limiter.holding(admission), exchange:
-                try:
-                    async with asyncio.timeout_at(cut_at):
-                        stream = await open_upstream(
-                            self.client,
-                            upstream_request,
-                            upstream,
-                            cut_at=cut_at,
-                            on_attempt=attempted,
-                        )
-                except TimeoutError:
-                    raise DeadlineExceeded(
-                        "The upstream did not answer before the function's time limit."
-                    ) from None
-                # Not kept for the stream's lifetime: the upstream body is the whole prompt.
-                del upstream_request, attempted
-                if endpoint == "responses":
-                    from lib.responses_upstream import ResponsesUpstream
-
-                    stream = ResponsesUpstream(stream, upstream.max_line_bytes)
-                clock = clock_for(
-                    limits, idle=upstream.idle_timeout, started=started, cut_at=cut_at
+            async with asyncio.timeout_at(cut_at):
+                stream = await open_upstream(
+                    self.client,
+                    upstream_request,
+                    self.settings.upstream,
+                    cut_at=cut_at,
+                    on_attempt=functools.partial(_note_attempt, log),
                 )
-                translator = translator_for(fmt, upstream, limits)
-                whole = fmt if isinstance(fmt, WholeResponse) else None
-                if whole is not None:
-                    whole.accepted = True
-                try:
-                    await relay(stream, translator, exchange, clock, admission.headers, whole)
-                finally:
-                    _record_stream(log, translator, clock)
-        finally:
-            # The response starts only once the upstream accepted the request (it may charge);
-            # a whole answer starts later, so its format says when the upstream accepted.
-            opened = exchange.started or (isinstance(fmt, WholeResponse) and fmt.accepted)
-            log.tokens_charged = await self.limiter.finish(
-                admission,
-                opened=opened,
-                usage=log.usage,
-                events=log.events,
-                unknown=exchange.stalled,
-            )
+        except TimeoutError:
+            raise DeadlineExceeded(
+                "The upstream did not answer before the function's time limit."
+            ) from None
+        if endpoint == "responses":
+            from lib.responses_upstream import ResponsesUpstream
+
+            return ResponsesUpstream(stream, self.settings.upstream.max_line_bytes)
+        return stream
 
     def _check_key(self) -> None:
         """The 500 that says to set the provider key, before any work for a request."""

@@ -130,7 +130,7 @@ class Admission:
     """What one admitted request holds until it ends."""
 
     client: str
-    headers: list[Header] = field(default_factory=list)
+    headers: tuple[Header, ...] = ()  # a tuple: no limits, no object per stream
     lease: str | None = None
     lease_keys: list[str] = field(default_factory=list)
     lease_store: Store | None = None
@@ -208,7 +208,7 @@ class Limiter:
         """Count the request and take its stream lease and budget, or raise the 429/503."""
         p = self.protection
         now = self.clock()
-        admission = Admission(client=client, headers=list(self._policy))
+        admission = Admission(client=client, headers=tuple(self._policy))
         if p.rate_limit is not None:
             window = p.rate_limit.period
             start = math.floor(now / window) * window
@@ -220,7 +220,7 @@ class Limiter:
             reset = _seconds(start + window - now)
             remaining = max(0, p.rate_limit.count - count)
             status = (b"ratelimit", f'"requests";r={remaining};t={reset}'.encode("ascii"))
-            admission.headers.append(status)
+            admission.headers += (status,)
             if count > p.rate_limit.count:
                 raise RateLimited(
                     f"Too many requests: the limit is {p.rate_limit.count} per "
@@ -328,11 +328,11 @@ class Limiter:
             ) from None
         reset = _seconds(start + budget.period - now)
         remaining = max(0, budget.count - used - (amount if used + amount <= budget.count else 0))
-        admission.headers += [
+        admission.headers += (
             (b"x-ratelimit-limit-tokens", str(budget.count).encode("ascii")),
             (b"x-ratelimit-remaining-tokens", str(remaining).encode("ascii")),
             (b"x-ratelimit-reset-tokens", f"{reset}s".encode("ascii")),
-        ]
+        )
         if used + amount > budget.count:
             left = max(0, budget.count - used)
             hint = "" if amount <= budget.count else " Ask for fewer max_tokens."
@@ -346,7 +346,7 @@ class Limiter:
         admission.max_tokens = request.max_tokens
 
     @staticmethod
-    def _headers_429(headers: list[Header], retry_after: int, final: bool) -> dict[str, str]:
+    def _headers_429(headers: tuple[Header, ...], retry_after: int, final: bool) -> dict[str, str]:
         extra = {k.decode("ascii"): v.decode("ascii") for k, v in headers}
         extra["Retry-After"] = str(retry_after)
         if final:

@@ -59,7 +59,7 @@ async def relay(
     translator: Translator,
     exchange: Exchange,
     clock: StreamClock,
-    headers: list[Header],
+    headers: tuple[Header, ...],
     whole: WholeResponse | None = None,
 ) -> None:
     """Stream one accepted upstream response to the caller; or, with ``whole`` (the

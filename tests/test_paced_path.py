@@ -220,7 +220,7 @@ async def test_a_backlog_is_relayed_in_slices_with_the_loop_let_through(
         running = asyncio.create_task(ticker())
         try:
             async with exchange:
-                await relay(stream, translator, exchange, clock, [])
+                await relay(stream, translator, exchange, clock, ())
         finally:
             running.cancel()
     body = [(seen, data) for seen, data in writes if data and data != b"data: [DONE]\n\n"]

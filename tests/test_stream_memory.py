@@ -134,7 +134,6 @@ async def test_an_open_stream_holds_only_the_relays_own_chain_of_coroutines(
     assert chain == [
         "RequestLogging.__call__",
         "GenerateHandler.__call__",
-        "GenerateHandler._stream",
         "relay",
         "UpstreamStream.read_before",
     ]
