@@ -330,7 +330,6 @@ class ContentTemplate:
         "head",
         "kind",
         "mid",
-        "padded",
         "rest",
         "tail",
     )
@@ -341,7 +340,6 @@ class ContentTemplate:
         self.head = b""  # b"data: " and the JSON before the text
         self.mid = b""  # after the text: up to the padding when padded, else to the end
         self.tail = b""  # after the padding, to the end (b"" when not padded)
-        self.padded = False  # the chunk has OpenAI's ``obfuscation`` string
         self.rest: re.Pattern[bytes] | None = None  # matches the event after the head
         self._canonical: bool | None = None  # worked out on first use, then kept
         self._shapes = 0  # patterns this stream had compiled (see learn)
@@ -381,12 +379,17 @@ class ContentTemplate:
             self._shapes += 1
             rest = _rest_pattern(mid_bytes, tail_bytes)
         self.head = ("data: " + data[:cut]).encode()
-        self.mid, self.tail, self.padded, self.rest = mid_bytes, tail_bytes, pad is not None, rest
+        self.mid, self.tail, self.rest = mid_bytes, tail_bytes, rest
         self.kind, self._like, self._canonical = kind, None, None
 
     @property
     def learned(self) -> bool:
         return bool(self.head)
+
+    @property
+    def padded(self) -> bool:
+        """Whether the chunk has OpenAI's ``obfuscation`` string (then there is a tail)."""
+        return bool(self.tail)
 
     @property
     def canonical(self) -> bool:
