@@ -138,6 +138,8 @@ async def relay(
                         clock.first_write = now
                 if failure is not None:
                     raise failure
+                # Not held while the next read waits: up to two reads' bytes per open stream.
+                del chunk, out
         except APIError as error:
             if whole is not None:
                 raise

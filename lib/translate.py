@@ -117,6 +117,10 @@ class Translator:
                         done = self._plain(data, text)
                         if done is not None:
                             return done
+                    else:
+                        done = self._plain_run(data)
+                        if done is not None:
+                            return done
                 if decoder.single(data):
                     return self._parsed(data)
             return self.feed_events(decoder.feed(data))
@@ -130,6 +134,42 @@ class Translator:
             return b"", UpstreamProtocolError(
                 "The upstream sent an event of a shape the protocol does not allow."
             )
+
+    def _plain_run(self, data: bytes) -> tuple[bytes, APIError | None] | None:
+        """A read that holds several events (a backlog: the upstream was faster than the
+        relay) and starts with plain chunks: those are matched in place, one after another,
+        each as a read of its own would be; from the first that is not one, the rest goes
+        through the decoder. A chat stream whose plain chunks are relayed as they came writes
+        that part of the read itself. None when the read does not start with a plain chunk."""
+        template = self.template
+        parts: list[bytes] = []
+        as_came = True  # every part so far is its event as it came: the read's bytes
+        pos, size = 0, len(data)
+        failure: APIError | None = None
+        while pos < size:
+            found = template.match_at(data, pos)
+            if found is None:
+                break
+            end, text = found
+            event = data[pos:end]
+            done = self._plain(event, text)
+            if done is None:
+                break
+            out, failure = done
+            if failure is not None:
+                break
+            if out is not event:
+                as_came = False
+            if out:
+                parts.append(out)
+            pos = end
+        if pos == 0:
+            return None
+        head = data[:pos] if as_came else b"".join(parts)
+        if failure is not None or pos == size:
+            return head, failure
+        out, failure = self.feed_events(self._decoder.feed(data[pos:]))
+        return head + out, failure
 
     def end(self) -> None:
         """The upstream body ended: a clean end only after ``[DONE]`` or a finish reason."""
@@ -309,8 +349,10 @@ class ContentTemplate:
 
     The template is the whole event as bytes (``data: ``, the JSON, the blank line), and it
     matches the bytes of a read that is one event: nothing is decoded but the string, and a
-    chat format can relay the read itself. An event decoded from a read that held several is
-    framed the same way first. A chunk whose JSON spans lines gets no template.
+    chat format can relay the read itself. A read that holds several (a backlog) is matched the
+    same way, event after event in place (:meth:`match_at`), up to the first that is not a plain
+    chunk; an event the decoder took apart is framed again first. A chunk whose JSON spans lines
+    gets no template.
 
     OpenAI pads every chunk with a random ``obfuscation`` string (against side channels that
     read token lengths from packet sizes), so its chunks differ in two strings. When the learned
@@ -416,6 +458,21 @@ class ContentTemplate:
         """The template's chunk with its string (and padding) empty: valid JSON."""
         assert self.head, "no template learned"
         return (self.head + self.mid + self.tail)[6:-2].decode()
+
+    def match_at(self, data: bytes, pos: int) -> tuple[int, str] | None:
+        """Where the event that starts at ``pos`` in ``data`` ends, and its string, if it is a
+        plain chunk of the template's shape (:meth:`match`, for one of several events)."""
+        head = self.head
+        if not data.startswith(head, pos):
+            return None
+        assert self.rest is not None
+        found = self.rest.match(data, pos + len(head))
+        if found is None:
+            return None
+        try:
+            return found.end(), found.group(1).decode()
+        except UnicodeDecodeError:
+            return None
 
     def match(self, event: bytes) -> str | None:
         """The string of ``event`` (one whole event: ``data: ``, the JSON, a blank line) if it

@@ -277,9 +277,12 @@ class UpstreamClient:
         try:
             if response.status != 200:
                 raise await _status_error(response, api_key, self._settings)
-            if response.content_type != "text/event-stream":
+            # The media type from the header itself: aiohttp's ``content_type`` parses and
+            # keeps a dict of parameters on the response, held for the whole stream.
+            media = response.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+            if media != "text/event-stream":
                 raise UpstreamProtocolError(
-                    f"The upstream answered 200 with {response.content_type or 'no content type'}"
+                    f"The upstream answered 200 with {media or 'no content type'}"
                     ", not an event stream."
                 )
         except BaseException:

@@ -313,6 +313,16 @@ async def test_upstream_status_mapping(
     assert len(demo.seen) == 1  # redirects are not followed
 
 
+async def test_event_stream_with_parameters_is_accepted(
+    function: Function, demo: DemoUpstream, http: aiohttp.ClientSession
+) -> None:
+    """The media type is what counts: ``text/event-stream`` with a charset streams as usual."""
+    demo.push(Scenario(content_type="text/event-stream; charset=utf-8"))
+    resp = await post(http, function.url, {"prompt": "x"})
+    assert resp.status == 200
+    assert canonical_events(await resp.read())[-1] == "[DONE]"
+
+
 async def test_upstream_429_keeps_retry_after(
     function: Function, demo: DemoUpstream, http: aiohttp.ClientSession
 ) -> None:

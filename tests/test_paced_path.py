@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from lib.aisdk import TextStream, UIMessageStream
 from lib.asgi import Exchange
 from lib.clock import StreamClock
-from lib.errors import UpstreamLineTooLong, UpstreamProtocolError
+from lib.errors import APIError, UpstreamLineTooLong, UpstreamProtocolError
 from lib.formats import Format, OpenAIChat, OpenAICompletion, WholeResponse
 from lib.relay import relay
 from lib.sse import SSEDecoder, text_of
@@ -62,6 +62,76 @@ def test_one_event_reads_match_one_big_read(stream: list[str], make: Callable[[]
         getattr(whole_failure, "message", None),
     )
     assert outcome(paced) == outcome(batched)
+
+
+def backlog(frames: list[bytes], group: int, split_last: bool) -> list[bytes]:
+    """The first event in a read of its own (the stream learns its template), then the rest
+    ``group`` events to a read, as a backlog arrives; with ``split_last`` each such read ends
+    halfway through its last event, and the next read is the rest of that event."""
+    reads = frames[:1]
+    for i in range(1, len(frames), group):
+        batch = frames[i : i + group]
+        if split_last and len(batch) == group:
+            cut = len(batch[-1]) // 2
+            reads += [b"".join(batch[:-1]) + batch[-1][:cut], batch[-1][cut:]]
+        else:
+            reads.append(b"".join(batch))
+    return reads
+
+
+def written_by(translator: Translator, reads: list[bytes]) -> tuple[bytes, object]:
+    """What the relay writes for these reads: every read's bytes until the first failure or
+    ``[DONE]``, and that failure (type and message)."""
+    written = b""
+    for read in reads:
+        out, failure = translator.feed(read)
+        written += out
+        if failure is not None:
+            return written, (type(failure), failure.message)
+        if translator.said.done:
+            break
+    return written, None
+
+
+@pytest.mark.parametrize(
+    "stream", [STREAM, BEYOND_TEXT, REAL_STREAM], ids=["text", "reasoning+tools", "as-openai-sends"]
+)
+@pytest.mark.parametrize("make", MAKERS)
+@pytest.mark.parametrize(("group", "split_last"), [(2, False), (5, False), (3, True), (6, True)])
+def test_a_backlog_after_the_template_matches_one_event_reads(
+    stream: list[str], make: Callable[[], Format], group: int, split_last: bool
+) -> None:
+    """Once a template is learned, a read of several events is matched in place, event by
+    event, and what follows the last plain chunk goes through the decoder: the same bytes, the
+    same failure and the same outcome as one event per read, from every starting point."""
+    for start in range(len(stream)):
+        frames = [frame(d) for d in stream[start:] + stream[:start]]
+        paced, batched = Translator(make(), secret="sk-x"), Translator(make(), secret="sk-x")
+        assert written_by(batched, backlog(frames, group, split_last)) == written_by(
+            paced, frames
+        ), start
+        assert outcome(batched) == outcome(paced), start
+
+
+def test_a_backlog_of_plain_chat_chunks_is_relayed_as_the_read_that_came() -> None:
+    """Several canonical plain chunks in one read: the chat format writes that read itself, and
+    every event is counted and reaches the loop detector."""
+    translator = Translator(OpenAIChat(include_usage=False), repetition=(40, 4))
+    translator.feed(frame(REAL_STREAM[0]))
+    read = b"".join(frame(REAL_STREAM[i]) for i in (1, 3, 10))
+    out, failure = translator.feed(read)
+    assert failure is None
+    assert out is read
+    assert translator.said.events == 4
+    loop = frame(REAL_STREAM[1].replace(" world", "ab"))
+    out, failure = translator.feed(loop * 60)
+    assert isinstance(failure, APIError)
+    assert failure.type == "repetitive_output"
+    # The events before the one that completed the loop are written, as single reads would be.
+    single = Translator(OpenAIChat(include_usage=False), repetition=(40, 4))
+    single.feed(frame(REAL_STREAM[0]))
+    single.feed(read)
+    assert (out, (type(failure), failure.message)) == written_by(single, [loop] * 60)
 
 
 @pytest.mark.parametrize(
