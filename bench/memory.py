@@ -1,6 +1,7 @@
 """Where a relay's memory per open stream goes, at real pacing (issue 15).
 
     .venv/bin/python -m bench.memory [--streams 300] [--top 40]
+    .venv/bin/python -m bench.memory --trace --streams 200   # and the lines that allocated it
 
 Runs the pass-through and the function in turn as bench W3 does (the bench upstream, 20 ms
 between events, 200 events per stream, starts spread over 1 s; a fresh relay process warmed by
@@ -10,6 +11,12 @@ open, counts the live objects the collector tracks by kind (bench/subject.py,
 pymalloc blocks, the blocks the function holds beyond the pass-through by size class, and the
 kinds of object with the largest difference. Strings and bytes are not tracked by the
 collector; the size classes count them.
+
+With ``--trace`` the relays run under tracemalloc, and it also prints the source lines whose
+allocations are still live while the streams run, function minus pass-through: a read or a
+parsed dict that something keeps shows up there, with the line that made it. Tracing slows a
+relay by about half, so keep the streams few enough that it does not fall behind the pacing
+(200): a relay that falls behind holds the backlog, and that is all the lines would show.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.client import run_streams, stream_once
-from bench.procs import Server, fast_loop_policy, raise_fd_limit, rss_bytes
+from bench.procs import ROOT, Server, fast_loop_policy, raise_fd_limit, rss_bytes
 from bench.run import FN_CHAT, RESULTS, chat_body
 
 Census = dict[str, tuple[int, int]]  # kind -> (objects, bytes)
@@ -40,6 +47,7 @@ class Run:
     rss: float
     census: dict[str, tuple[float, float]]  # kind -> (objects, bytes)
     blocks: dict[int, float]  # pymalloc size class -> blocks in use
+    sites: dict[str, float]  # with --trace: source line -> bytes it allocated, still live
 
 
 async def _dump(pid: int, prefix: Path, n: int) -> tuple[Census, dict[int, int]]:
@@ -62,16 +70,33 @@ async def _dump(pid: int, prefix: Path, n: int) -> tuple[Census, dict[int, int]]
     return counts, blocks
 
 
-async def _measure(kind: str, upstream: str, streams: int, tmp: Path) -> Run:
+def _sites(prefix: Path, streams: int) -> dict[str, float]:
+    """Live bytes per stream by the source line that allocated them (snapshot 1 over 0)."""
+    import tracemalloc
+
+    before, during = (
+        tracemalloc.Snapshot.load(str(prefix.with_name(f"{prefix.name}-{n}.trace"))) for n in (0, 1)
+    )
+    sites: collections.Counter[str] = collections.Counter()
+    for stat in during.compare_to(before, "lineno"):
+        frame = stat.traceback[0]
+        name = re.sub(r".*/(site-packages|python3\.\d+)/", "", frame.filename)
+        sites[f"{name.replace(str(ROOT) + '/', '')}:{frame.lineno}"] += stat.size_diff / streams
+    return sites
+
+
+async def _measure(kind: str, upstream: str, streams: int, tmp: Path, trace: bool) -> Run:
     prefix = tmp / kind
-    os.environ["BENCH_CENSUS"] = str(prefix)
+    extra = {"BENCH_CENSUS": str(prefix), **({"PYTHONTRACEMALLOC": "1"} if trace else {})}
+    os.environ.update(extra)
     try:
         relay = Server(
             ["-m", "bench.subject", kind, "--upstream", upstream],
             log=RESULTS / "logs" / f"memory-{kind}.log",
         )
     finally:
-        del os.environ["BENCH_CENSUS"]
+        for name in extra:
+            del os.environ[name]
     body = FN_CHAT if kind == "function" else chat_body()
     try:
         await stream_once(relay.url, body, limit=0.5)  # warmed as bench W3 warms it
@@ -93,15 +118,16 @@ async def _measure(kind: str, upstream: str, streams: int, tmp: Path) -> Run:
             for k, (n, z) in census1.items()
         },
         blocks={size: (n - blocks0.get(size, 0)) / streams for size, n in blocks1.items()},
+        sites=_sites(prefix, streams) if trace else {},
     )
 
 
-async def measure(streams: int, top: int) -> None:
+async def measure(streams: int, top: int, trace: bool = False) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     upstream = Server(["-m", "bench.upstream", "--pace", "0.02", "--tokens", "200"])
     try:
-        pt = await _measure("passthrough", upstream.url, streams, tmp)
-        fn = await _measure("function", upstream.url, streams, tmp)
+        pt = await _measure("passthrough", upstream.url, streams, tmp, trace)
+        fn = await _measure("function", upstream.url, streams, tmp, trace)
     finally:
         upstream.stop()
     print(f"{streams} paced streams open, per stream (errors: {pt.errors} / {fn.errors}):")
@@ -123,16 +149,26 @@ async def measure(streams: int, top: int) -> None:
             break
         number = fn.census.get(k, none)[0] - pt.census.get(k, none)[0]
         print(f"  {number:+6.2f} {size:+7.0f} B  {k}")
+    if fn.sites:
+        print("live bytes by the line that allocated them, function minus pass-through:")
+        sites = collections.Counter(
+            {k: fn.sites.get(k, 0.0) - pt.sites.get(k, 0.0) for k in {*fn.sites, *pt.sites}}
+        )
+        for site, size in sites.most_common(top):
+            if size < 16:
+                break
+            print(f"  {size:+7.0f} B  {site}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="memory per open stream, by kind")
     parser.add_argument("--streams", type=int, default=300)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--trace", action="store_true", help="and the lines that allocated it")
     args = parser.parse_args(argv)
     raise_fd_limit()
     fast_loop_policy()
-    asyncio.run(measure(args.streams, args.top))
+    asyncio.run(measure(args.streams, args.top, args.trace))
     sys.exit(0)
 
 

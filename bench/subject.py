@@ -42,7 +42,7 @@ def load_app(kind: str) -> Any:
 def census_on_signal(prefix: str) -> None:
     """For bench.memory: on every SIGUSR1, write the live objects the collector tracks, counted
     and sized by kind, to ``<prefix>-<n>.census`` and pymalloc's statistics to ``<prefix>-<n>.pym``
-    (n counts from 0)."""
+    (n counts from 0); when tracemalloc traces, its snapshot to ``<prefix>-<n>.trace``."""
     import gc
     import signal
     import sys
@@ -58,6 +58,11 @@ def census_on_signal(prefix: str) -> None:
             sizes[kind] += sys.getsizeof(obj)
             numbers[kind] += 1
         path = Path(f"{prefix}-{count[0]}")
+        import tracemalloc
+
+        if tracemalloc.is_tracing():  # bench.memory --trace (PYTHONTRACEMALLOC): every block
+            own = tracemalloc.Filter(False, tracemalloc.__file__)
+            tracemalloc.take_snapshot().filter_traces([own]).dump(str(path.with_suffix(".trace")))
         lines = [f"{kind}\t{numbers[kind]}\t{sizes[kind]}" for kind in numbers]
         saved = os.dup(2)  # _debugmallocstats writes to the C stderr
         with path.with_suffix(".pym").open("wb") as out:

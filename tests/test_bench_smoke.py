@@ -96,3 +96,14 @@ async def test_memory_census_runs_end_to_end(capsys: pytest.CaptureFixture[str])
     rss = re.findall(r"^  (pass-through|function) +RSS +(-?[\d.]+) KiB", out, re.MULTILINE)
     assert [name for name, _ in rss] == ["pass-through", "function"]
     assert "tracked objects, function minus pass-through" in out
+
+
+async def test_memory_trace_names_the_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench.memory --trace``: the relays run under tracemalloc, and the report lists the
+    source lines whose allocations the function holds beyond the pass-through's."""
+    await memory.measure(streams=3, top=40, trace=True)
+    out = capsys.readouterr().out
+    assert "errors: 0 / 0" in out
+    _, sites = out.split("live bytes by the line that allocated them, function minus pass-through:")
+    lines = re.findall(r"^  +\+\d+ B  (\S+):(\d+)$", sites, re.MULTILINE)
+    assert any(name.startswith("lib/") for name, _ in lines), sites
