@@ -12,7 +12,7 @@ import os
 
 from lib.asgi import App
 from lib.config import SettingsError, load_settings
-from lib.handler import GenerateHandler, Misconfigured, serve
+from lib.handler import GenerateHandler, Misconfigured
 
 handler: GenerateHandler | Misconfigured
 try:
@@ -20,6 +20,6 @@ try:
 except SettingsError as error:
     handler = Misconfigured(str(error))
 # The runtime serves any async callable of (scope, receive, send), an instance with an async
-# ``__call__`` included; no wrapper function around it (a wrapper is one coroutine frame more
-# per open stream).
-app: App = serve(handler)
+# ``__call__`` included: the handler itself, logging and CORS included, with no middleware or
+# wrapper function around it (each would be one coroutine frame more per open stream).
+app: App = handler

@@ -52,7 +52,7 @@ from bench.procs import RedisProcess
 from dev.demo_upstream import DemoUpstream, Scenario, start_demo_upstream
 from dev.inprocess import serve_asgi
 from lib.config import load_settings
-from lib.handler import GenerateHandler, serve
+from lib.handler import GenerateHandler
 
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
 TEXT = "Soak test reply: one, two, three, four, five, six, seven, eight, nine, ten."
@@ -152,7 +152,7 @@ class Rig:
             **extra,
         }
         handler = GenerateHandler(load_settings(env, root=Path(__file__).parent))
-        url, stop = await serve_asgi(serve(handler), backlog=4096, timeout_graceful_shutdown=None)
+        url, stop = await serve_asgi(handler, backlog=4096, timeout_graceful_shutdown=None)
         self._stops.append(stop)
         return handler, url + "/api/generate"
 

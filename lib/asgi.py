@@ -105,6 +105,7 @@ class Exchange:
 
     __slots__ = (  # one per open stream: no instance dict (issue 15, memory per stream)
         "_body_read",
+        "_headers",
         "_receive",
         "_send",
         "_target",
@@ -119,8 +120,12 @@ class Exchange:
         "status",
     )
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(
+        self, scope: Scope, receive: Receive, send: Send, headers: tuple[Header, ...] = ()
+    ) -> None:
+        """``headers`` go on whichever response this exchange starts (the request id, CORS)."""
         self.scope = scope
+        self._headers = headers
         self._receive = receive
         self._send = send
         self.started = False
@@ -253,8 +258,9 @@ class Exchange:
     async def start(self, status: int, headers: Headers) -> None:
         self.started = True
         self.status = status
+        headers = [*headers, *self._headers]
         if self._body_unread():
-            headers = [*headers, CLOSE]
+            headers.append(CLOSE)
         message = {"type": "http.response.start", "status": status, "headers": headers}
         await self._send(message)
 

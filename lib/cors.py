@@ -1,8 +1,9 @@
-"""CORS for front ends hosted on other origins: ASGI middleware over an exact allowlist.
+"""CORS for front ends hosted on other origins: the headers for an exact allowlist.
 
-Like Starlette's ``CORSMiddleware``, it answers preflights itself and adds the headers to every
-other response on its way out, and the headers for each allowed origin are built when the
-function starts, so a request costs one dict look-up. The rules (Fetch standard, CORS protocol):
+As Starlette's ``CORSMiddleware`` does, the handler answers preflights itself and adds the
+headers to every other response (lib/handler.py, in its own frame: no layer per open stream);
+the headers for each allowed origin are built when the function starts, so a request costs one
+dict look-up. The rules (Fetch standard, CORS protocol):
 
 - an allowed ``Origin`` gets ``Access-Control-Allow-Origin`` with that exact origin (never
   ``*``), and ``Access-Control-Expose-Headers`` so scripts can read ``X-Request-Id`` and the
@@ -19,10 +20,9 @@ No credentials mode (``Access-Control-Allow-Credentials``): the function uses no
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 
-from lib.asgi import App, Header, Message, Receive, Scope, Send, header
-from lib.config import CORSSettings
+from lib.asgi import Header, Scope, header
 
 ALLOW_METHODS = b"GET, POST, OPTIONS"  # GET: /api/v1/models
 # user-agent: the AI SDK sets it on every request (withUserAgentSuffix), and browsers that let
@@ -59,6 +59,8 @@ class CORSPolicy:
 
     def response_headers(self, scope: Scope) -> Headers:
         """Headers for an ordinary (non-preflight) response to this request."""
+        if not self.origins:
+            return ()
         origin = header(scope, b"origin")
         if origin is None:
             return self._vary
@@ -71,40 +73,3 @@ class CORSPolicy:
             return None
         origin = header(scope, b"origin")
         return None if origin is None else self._preflight.get(origin)
-
-    def wrap(self, scope: Scope, send: Send) -> Send:
-        """``send`` with this request's CORS headers added to the response start."""
-        extra = self.response_headers(scope)
-        if not extra:
-            return send
-
-        def send_with_cors(message: Message) -> Awaitable[None]:  # the server's awaitable
-            if message["type"] == "http.response.start":
-                names = {name for name, _ in extra}
-                kept = [(k, v) for k, v in message.get("headers", ()) if k not in names]
-                message = {**message, "headers": [*kept, *extra]}
-            return send(message)
-
-        return send_with_cors
-
-
-class CORSMiddleware:
-    """ASGI middleware: preflights from allowed origins answered here (204, no body); every
-    other request passes to ``app`` with its CORS headers added to the response start. A
-    preflight from an origin not on the list is a plain ``OPTIONS`` for the app to answer."""
-
-    def __init__(self, app: App, settings: CORSSettings) -> None:
-        self.app = app
-        self.policy = CORSPolicy(settings.allowed_origins, max_age=settings.max_age)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if scope.get("method") == "OPTIONS":
-            preflight = self.policy.preflight_headers(scope)
-            if preflight is not None:
-                await send({"type": "http.response.start", "status": 204, "headers": preflight})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
-        await self.app(scope, receive, self.policy.wrap(scope, send))

@@ -1,7 +1,8 @@
 """One request's life: method -> body -> validation -> upstream -> relay, and the app around it.
 
-:func:`serve` composes the ASGI app: the request log (id and log line) outermost, then CORS,
-then the handler.
+The handler is the ASGI app itself: it makes the request's log record (id and line) and applies
+CORS in its own frame, with no middleware around it (a layer would be one more coroutine per
+open stream, and one more call on every write).
 
 Before the response starts, every failure is the JSON error envelope with its status; after,
 the relay turns failures into the format's in-band error. A caller's mistake is never a 500,
@@ -18,7 +19,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from lib.asgi import (
-    App,
     ClientDisconnected,
     ClientStalled,
     Exchange,
@@ -32,7 +32,7 @@ from lib.asgi import (
 from lib.auth import Authenticator, build_authenticator
 from lib.clock import StreamClock
 from lib.config import Settings
-from lib.cors import CORSMiddleware
+from lib.cors import CORSPolicy
 from lib.deadline import invocation_deadline
 from lib.errors import (
     APIError,
@@ -46,7 +46,8 @@ from lib.formats import Format, WholeResponse
 from lib.limits import Admission, Limiter, client_key
 from lib.log import (
     RequestLog,
-    RequestLogging,
+    emit,
+    id_header,
     logger,
     quiet_broken_connections,
     request_log,
@@ -88,8 +89,14 @@ class Misconfigured:
             return
         if scope["type"] != "http":
             return
-        request_log(scope).error_type = self.error.type
-        await Exchange(scope, receive, send).respond_error(self.error)
+        started = asyncio.get_running_loop().time()
+        log = request_log(scope)
+        log.error_type = self.error.type
+        exchange = Exchange(scope, receive, send, (id_header(log),))
+        try:
+            await exchange.respond_error(self.error)  # no CORS settings: its 500 needs none
+        finally:
+            _finish_log(log, exchange, started)
 
 
 class GenerateHandler:
@@ -98,6 +105,7 @@ class GenerateHandler:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.client = UpstreamClient(settings.upstream)
+        self.cors = CORSPolicy(settings.cors.allowed_origins, max_age=settings.cors.max_age)
         quiet_broken_connections()
         p = settings.protection
         self.auth: Authenticator = build_authenticator(p, self.client.fetch)
@@ -124,8 +132,15 @@ class GenerateHandler:
             return
         started = asyncio.get_running_loop().time()
         log = request_log(scope)
-        exchange = Exchange(scope, receive, send)
+        cors = self.cors
+        preflight = cors.preflight_headers(scope) if scope.get("method") == "OPTIONS" else None
+        extra = cors.response_headers(scope) if preflight is None else preflight
+        exchange = Exchange(scope, receive, send, (id_header(log), *extra))
         try:
+            if preflight is not None:  # from an allowed origin, to any path: answered here
+                await exchange.start(204, [])
+                await exchange.end()
+                return
             admitted = await self._admit(exchange, log)
             if admitted is None:
                 return
@@ -187,7 +202,7 @@ class GenerateHandler:
             else:
                 raise
         finally:
-            log.client_disconnected = exchange.disconnected
+            _finish_log(log, exchange, started)
 
     @staticmethod
     def _allow_header(error: APIError) -> list[Header]:
@@ -339,6 +354,15 @@ async def _lifespan(receive: Receive, send: Send, *closers: Callable[[], Awaitab
             return
 
 
+def _finish_log(log: RequestLog, exchange: Exchange, started: float) -> None:
+    """The request's log line, written as it ends: what the exchange sent, and how long it
+    took."""
+    log.status, log.bytes = exchange.status, exchange.bytes_sent
+    log.client_disconnected = exchange.disconnected
+    log.duration_ms = round((asyncio.get_running_loop().time() - started) * 1000, 2)
+    emit(log)
+
+
 def _note_attempt(log: RequestLog, target: Target) -> None:
     """One attempt at an upstream target, for the log line."""
     log.attempts += 1
@@ -354,16 +378,3 @@ def _record_stream(log: RequestLog, translator: Translator, clock: StreamClock) 
         log.error_type = said.failure
     log.first_upstream_byte_ms = clock.ms(clock.first_data)
     log.first_event_ms = clock.ms(clock.first_write)
-
-
-def serve(handler: GenerateHandler | Misconfigured) -> App:
-    """The ASGI app around ``handler``: the request log (id and log line) outermost, then CORS
-    when origins are allowed (a misconfigured function has no CORS settings: its 500 needs
-    none)."""
-    if isinstance(handler, Misconfigured):
-        return RequestLogging(handler)
-    if not handler.settings.cors.allowed_origins:
-        # No origin allowed: CORS would add nothing to any response, so it is not a layer
-        # (one coroutine frame less per open stream).
-        return RequestLogging(handler)
-    return RequestLogging(CORSMiddleware(handler, handler.settings.cors))

@@ -1,25 +1,24 @@
-"""One JSON line per request, written when it ends, by the outermost middleware.
+"""One JSON line per request, written when it ends.
 
-:class:`RequestLogging` gives each HTTP request its id (the ``X-Request-Id`` header on every
-response, preflights included) and its :class:`RequestLog`, which the handler fills in through
-:func:`request_log`; status, bytes and duration it records itself, from the messages it passes
-on. Never the key; never the prompt unless ``LOG_PROMPTS`` is on. ``json.dumps`` escapes
-control characters, so a caller cannot forge log lines through anything we record.
+The handler (lib/handler.py) makes each HTTP request's :class:`RequestLog` with its id (the
+``X-Request-Id`` header on every response, preflights included), fills it in as the request
+goes, and writes it when the request ends, status, bytes and duration included: all in the
+handler's own frame, so an open stream holds no layer of its own for it. Never the key; never
+the prompt unless ``LOG_PROMPTS`` is on. ``json.dumps`` escapes control characters, so a caller
+cannot forge log lines through anything we record.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
 import sys
 import uuid
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
-from lib.asgi import App, Message, Receive, Scope, Send
+from lib.asgi import Header, Scope
 from lib.errors import BreakConnection
 
 logger = logging.getLogger("streaming_function")
@@ -29,8 +28,6 @@ if not logger.handlers:
     logger.addHandler(_handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-
-_SCOPE_KEY = "streaming_function.log"
 
 
 @dataclass(slots=True)
@@ -76,56 +73,13 @@ def warn(message: str, **fields: Any) -> None:
 
 
 def request_log(scope: Scope) -> RequestLog:
-    """This request's log record, made by :class:`RequestLogging`."""
-    record: RequestLog = scope[_SCOPE_KEY]
-    return record
+    """A new HTTP request's record, with its id."""
+    return RequestLog(request_id=uuid.uuid4().hex, method=scope.get("method", ""))
 
 
-class RequestLogging:
-    """ASGI middleware, outermost: a request id and one log line for every HTTP request."""
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        log = RequestLog(request_id=uuid.uuid4().hex, method=scope.get("method", ""))
-        send_logged = _LoggedSend(log, send)
-        # Set on the server's own scope, as Starlette sets its keys: this is the outermost
-        # layer, and a copy would cost every open stream a dict the size of the scope.
-        scope[_SCOPE_KEY] = log
-        try:
-            await self.app(scope, receive, send_logged)
-        finally:
-            log.duration_ms = round((loop.time() - started) * 1000, 2)
-            emit(log)
-
-
-class _LoggedSend:
-    """``send`` that notes the status and the body bytes in the record and adds the request id
-    to the response start. Not a coroutine: it hands back the server's own awaitable, so a
-    write pays no extra coroutine, and a slotted object holds less per open stream than a
-    closure and its cells."""
-
-    __slots__ = ("_log", "_send")
-
-    def __init__(self, log: RequestLog, send: Send) -> None:
-        self._log = log
-        self._send = send
-
-    def __call__(self, message: Message) -> Awaitable[None]:
-        kind = message["type"]
-        if kind == "http.response.body":
-            self._log.bytes += len(message.get("body", b""))
-        elif kind == "http.response.start":
-            self._log.status = message["status"]
-            id_header = (b"x-request-id", self._log.request_id.encode("ascii"))
-            message = {**message, "headers": [*message.get("headers", ()), id_header]}
-        return self._send(message)
+def id_header(log: RequestLog) -> Header:
+    """The ``X-Request-Id`` response header: the id a caller quotes to find the log line."""
+    return (b"x-request-id", log.request_id.encode("ascii"))
 
 
 class _DropBreakConnection(logging.Filter):

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from dev.demo_upstream import DemoUpstream, start_demo_upstream
 from dev.inprocess import serve_asgi
 from lib.config import PROJECT_ROOT, load_settings
-from lib.handler import GenerateHandler, serve
+from lib.handler import GenerateHandler
 from tests.jsdriver import NodeDriver
 
 pytest_plugins = ["tests.redisproc"]  # a real redis-server for the shared-limit tests
@@ -114,7 +114,7 @@ async def make_function(
             **env,
         }
         handler = GenerateHandler(load_settings(environ, root=root))
-        url, stop = await serve_asgi(serve(handler))
+        url, stop = await serve_asgi(handler)
         stops.append(stop)
         return Function(url=url + "/api/generate", handler=handler)
 

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from lib.config import load_settings
-from lib.handler import GenerateHandler, serve
+from lib.handler import GenerateHandler
 from tests.conftest import CANARY_KEY, LogTap, serve_asgi
 from tests.streams import post, read_until
 
@@ -89,7 +89,7 @@ async def test_waves_of_finished_and_cut_streams_spend_at_most_the_budget_plus_1
     handler = GenerateHandler(settings)
     assert handler.limiter is not None
     handler.limiter.clock = lambda: 20_834 * 86_400.0 + 10  # one budget window for the test
-    url, stop = await serve_asgi(serve(handler))
+    url, stop = await serve_asgi(handler)
     text = (script * 300)[:300]
 
     async def one(cut: bool) -> int:

@@ -15,7 +15,7 @@ from dev.demo_upstream import REASONING, DemoUpstream, Scenario
 from dev.serve import Function as ServedFunction
 from dev.serve import LocalPlatform, load_config
 from lib.config import PROJECT_ROOT, load_settings
-from lib.handler import GenerateHandler, serve
+from lib.handler import GenerateHandler
 from tests.conftest import CANARY_KEY, Function, serve_asgi
 from tests.jsdriver import NodeDriver
 from tests.streams import WEATHER_TOOL
@@ -33,7 +33,7 @@ async def site(upstream_url: str) -> AsyncIterator[str]:
     platform = LocalPlatform(
         PROJECT_ROOT,
         load_config(PROJECT_ROOT / "vercel.json"),
-        {"/api/generate": ServedFunction("api/generate.py", serve(handler), None)},
+        {"/api/generate": ServedFunction("api/generate.py", handler, None)},
     )
     url, stop = await serve_asgi(platform)
     yield url

@@ -13,7 +13,7 @@ import pytest
 
 from dev.demo_upstream import DemoUpstream, Scenario
 from lib.config import load_settings
-from lib.handler import GenerateHandler, Misconfigured, serve
+from lib.handler import GenerateHandler, Misconfigured
 from tests.conftest import CANARY_KEY, Function, serve_asgi
 from tests.streams import canonical_events, post
 
@@ -204,7 +204,7 @@ async def test_missing_key_is_a_500_naming_the_variable(
     upstream_url: str, http: aiohttp.ClientSession, demo: DemoUpstream
 ) -> None:
     handler = GenerateHandler(load_settings({"OPENAI_BASE_URL": upstream_url}))
-    url, stop = await serve_asgi(serve(handler))
+    url, stop = await serve_asgi(handler)
     try:
         resp = await post(http, url + "/api/generate", {"prompt": "x"})
         assert resp.status == 500
@@ -218,7 +218,7 @@ async def test_missing_key_is_a_500_naming_the_variable(
 
 async def test_invalid_setting_is_a_500_naming_the_variable(http: aiohttp.ClientSession) -> None:
     handler = Misconfigured("MAX_TOKENS='lots' is not a number")
-    url, stop = await serve_asgi(serve(handler))
+    url, stop = await serve_asgi(handler)
     try:
         resp = await post(http, url + "/api/generate", {"prompt": "x"})
         assert resp.status == 500
@@ -230,7 +230,7 @@ async def test_invalid_setting_is_a_500_naming_the_variable(http: aiohttp.Client
 async def test_a_misconfigured_function_answers_every_method_with_the_500(
     http: aiohttp.ClientSession,
 ) -> None:
-    url, stop = await serve_asgi(serve(Misconfigured("MAX_TOKENS='lots' is not a number")))
+    url, stop = await serve_asgi(Misconfigured("MAX_TOKENS='lots' is not a number"))
     try:
         for method in ("GET", "OPTIONS", "DELETE"):
             async with http.request(method, url + "/api/generate") as resp:

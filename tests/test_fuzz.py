@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from lib.asgi import App
 from lib.config import load_settings
-from lib.handler import GenerateHandler, serve
+from lib.handler import GenerateHandler
 from tests.conftest import CANARY_KEY, ErrorTap
 
 EXAMPLES = 2000
@@ -302,9 +302,7 @@ async def test_no_request_gets_a_5xx_a_traceback_or_a_bare_error(
     cuts: list[int],
 ) -> None:
     headers = [(b"content-type", ctype), *extra] if ctype else extra
-    status, response_headers, raw = await call(
-        serve(fuzz_handler), method, headers, query, body, cuts
-    )
+    status, response_headers, raw = await call(fuzz_handler, method, headers, query, body, cuts)
     event(f"status {status}")  # --hypothesis-show-statistics shows the mix reached
     assert status < 500, (status, raw[:300])
     assert b"Traceback" not in raw

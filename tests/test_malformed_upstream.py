@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from lib.config import load_settings
-from lib.handler import GenerateHandler, serve
+from lib.handler import GenerateHandler
 from tests.conftest import CANARY_KEY, LogTap, serve_asgi
 from tests.streams import post
 
@@ -58,7 +58,7 @@ async def relay(
     settings = load_settings(
         {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": str(server.make_url("/v1"))}
     )
-    url, stop = await serve_asgi(serve(GenerateHandler(settings)))
+    url, stop = await serve_asgi(GenerateHandler(settings))
 
     async def send(raw: bytes, query: str, body: dict[str, object]) -> aiohttp.ClientResponse:
         raws.append(raw)

@@ -15,7 +15,7 @@ import pytest
 from dev.demo_upstream import DemoUpstream, Scenario
 from dev.serve import Function, LocalPlatform, load_config
 from lib.config import PROJECT_ROOT, load_settings
-from lib.handler import GenerateHandler, serve
+from lib.handler import GenerateHandler
 from tests.conftest import CANARY_KEY, serve_asgi
 from tests.streams import WEATHER_TOOL
 
@@ -73,7 +73,7 @@ async def site(upstream_url: str) -> AsyncIterator[Site]:
         platform = LocalPlatform(
             PROJECT_ROOT,
             load_config(PROJECT_ROOT / "vercel.json"),
-            {"/api/generate": Function("api/generate.py", serve(handler), None)},
+            {"/api/generate": Function("api/generate.py", handler, None)},
         )
         url, stop = await serve_asgi(platform)
         stops.append(stop)

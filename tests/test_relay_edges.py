@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from lib.config import load_settings
-from lib.handler import GenerateHandler, serve
+from lib.handler import GenerateHandler
 from tests.conftest import CANARY_KEY, serve_asgi
 from tests.streams import canonical_events, post
 
@@ -40,7 +40,7 @@ async def relay_raw(
     settings = load_settings(
         {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": str(server.make_url("/v1"))}
     )
-    url, stop = await serve_asgi(serve(GenerateHandler(settings)))
+    url, stop = await serve_asgi(GenerateHandler(settings))
     try:
         resp = await post(
             http, url + "/api/generate", body or {"messages": [{"role": "user", "content": "x"}]}

@@ -20,7 +20,7 @@ from dev.serve import Function as PlatformFunction
 from dev.serve import LocalPlatform, load_config
 from lib.config import PROJECT_ROOT, load_settings
 from lib.errors import UpstreamStreamError
-from lib.handler import GenerateHandler, serve
+from lib.handler import GenerateHandler
 from lib.responses import Meta, ResponsesStream
 from lib.sse import SSEDecoder
 from tests.conftest import CANARY_KEY, LogTap, serve_asgi
@@ -54,7 +54,7 @@ async def site(upstream_url: str) -> AsyncIterator[Site]:
         platform = LocalPlatform(
             PROJECT_ROOT,
             load_config(PROJECT_ROOT / "vercel.json"),
-            {"/api/generate": PlatformFunction("api/generate.py", serve(handler), None)},
+            {"/api/generate": PlatformFunction("api/generate.py", handler, None)},
         )
         url, stop = await serve_asgi(platform)
         stops.append(stop)

@@ -10,7 +10,7 @@ import json
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from lib.handler import GenerateHandler, serve
+from lib.handler import GenerateHandler
 from tests.conftest import CANARY_KEY, ErrorTap
 from tests.test_fuzz import call, json_value
 from tests.test_fuzz import fuzz_handler as fuzz_handler  # the fixture, shared
@@ -118,9 +118,7 @@ async def test_no_responses_request_gets_a_5xx_or_a_cut_stream(
     fuzz_handler: GenerateHandler, error_tap: ErrorTap, body: bytes
 ) -> None:
     headers = [(b"content-type", b"application/json")]
-    status, response_headers, raw = await call(
-        serve(fuzz_handler), "POST", headers, QUERY, body, []
-    )
+    status, response_headers, raw = await call(fuzz_handler, "POST", headers, QUERY, body, [])
     event(f"status {status}")
     assert status < 500, (status, raw[:300])
     assert CANARY_KEY.encode() not in raw

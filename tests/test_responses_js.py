@@ -13,7 +13,7 @@ from dev.demo_upstream import REASONING, DemoUpstream, Scenario
 from dev.serve import Function as ServedFunction
 from dev.serve import LocalPlatform, load_config
 from lib.config import PROJECT_ROOT, load_settings
-from lib.handler import GenerateHandler, serve
+from lib.handler import GenerateHandler
 from tests.conftest import CANARY_KEY, serve_asgi
 from tests.jsdriver import NodeDriver
 
@@ -32,7 +32,7 @@ async def site(upstream_url: str) -> AsyncIterator[Site]:
         platform = LocalPlatform(
             PROJECT_ROOT,
             load_config(PROJECT_ROOT / "vercel.json"),
-            {"/api/generate": ServedFunction("api/generate.py", serve(handler), None)},
+            {"/api/generate": ServedFunction("api/generate.py", handler, None)},
         )
         url, stop = await serve_asgi(platform)
         stops.append(stop)

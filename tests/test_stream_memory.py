@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from lib import translate
 from lib.asgi import TIMER_CONTEXT, Exchange
 from lib.config import load_settings
-from lib.handler import GenerateHandler, serve
+from lib.handler import GenerateHandler
 from lib.request import GenerateRequest, UpstreamRequest
 from lib.upstream import UpstreamStream
 from tests.conftest import CANARY_KEY, serve_asgi
@@ -34,11 +34,15 @@ CHUNK = (
 
 @pytest.fixture
 async def held_open(
-    aiohttp_server: Callable[..., Awaitable[TestServer]], http: aiohttp.ClientSession
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    http: aiohttp.ClientSession,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[Callable[[], Awaitable[list[object]]]]:
     """Starts a stream whose upstream sent two plain chunks and waits, and returns the objects
     the collector tracks that did not exist before it (other tests' leftovers are not this
-    stream's); the stream ends when the test returns."""
+    stream's); the stream ends when the test returns. With a parameter, the function allows
+    that origin (``ALLOWED_ORIGINS``) and the stream comes from it."""
+    origin: str = getattr(request, "param", "")
     gate = asyncio.Event()
 
     async def upstream(request: web.Request) -> web.StreamResponse:
@@ -54,14 +58,19 @@ async def held_open(
     app.router.add_post("/v1/chat/completions", upstream)
     server = await aiohttp_server(app)
     environ = {"OPENAI_API_KEY": CANARY_KEY, "OPENAI_BASE_URL": str(server.make_url("/v1"))}
-    url, stop = await serve_asgi(serve(GenerateHandler(load_settings(environ))))
+    if origin:
+        environ["ALLOWED_ORIGINS"] = origin
+    url, stop = await serve_asgi(GenerateHandler(load_settings(environ)))
     body = {"messages": [{"role": "user", "content": "a prompt " * 100}]}
     responses: list[aiohttp.ClientResponse] = []
 
     async def start() -> list[object]:
         before = {id(obj): obj for obj in gc.get_objects()}  # held: no id is reused meanwhile
-        resp = await post(http, url + "/api/generate", body)
+        headers = {"Origin": origin} if origin else None
+        resp = await post(http, url + "/api/generate", body, headers=headers)
         assert resp.status == 200
+        if origin:
+            assert resp.headers["Access-Control-Allow-Origin"] == origin
         await read_until(resp, b"world")  # both chunks relayed: the stream waits on the upstream
         responses.append(resp)
         return [obj for obj in gc.get_objects() if id(obj) not in before]
@@ -106,12 +115,14 @@ async def test_the_template_chunk_keeps_the_modules_own_key_strings(
     assert like["object"] is translate._SHARED["chat.completion.chunk"]
 
 
+@pytest.mark.parametrize("held_open", ["", "https://app.example"], indirect=True)
 async def test_an_open_stream_holds_only_the_relays_own_chain_of_coroutines(
     held_open: Callable[[], Awaitable[list[object]]],
 ) -> None:
-    """One coroutine per layer that must stay suspended: no wrapper around the app, no
-    coroutine of ours around the disconnect watcher's receive(), no lease context without a
-    stream limit. A new layer here costs every open stream its frame (about 0.3 KiB)."""
+    """One coroutine per layer that must stay suspended: no middleware or wrapper around the
+    app (the log line and CORS are the handler's), no coroutine of ours around the disconnect
+    watcher's receive(), no lease context without a stream limit. A new layer here costs every
+    open stream its frame (about 0.3 KiB)."""
     new = await held_open()
     suspended = [
         obj
@@ -132,7 +143,6 @@ async def test_an_open_stream_holds_only_the_relays_own_chain_of_coroutines(
 
     chain = max((chain_from(c) for c in suspended), key=len)
     assert chain == [
-        "RequestLogging.__call__",
         "GenerateHandler.__call__",
         "relay",
         "UpstreamStream.read_before",
