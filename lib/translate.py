@@ -111,16 +111,14 @@ class Translator:
             # are matched as the read's bytes (a match is one whole line: the template has no
             # line break and its holes allow none) with no step through the decoder.
             if decoder.idle and len(data) <= decoder.max_line_bytes:
-                if self.template.head:
-                    text = self.template.match(data)
-                    if text is not None:
-                        done = self._plain(data, text)
-                        if done is not None:
-                            return done
-                    else:
-                        done = self._plain_run(data)
-                        if done is not None:
-                            return done
+                found = self.template.match_at(data, 0) if self.template.head else None
+                if found is not None:
+                    if found[0] == len(data):  # the read is that one event
+                        done = self._plain(data, found[1])
+                    else:  # a backlog that starts with it
+                        done = self._plain_run(data, found)
+                    if done is not None:
+                        return done
                 if decoder.single(data):
                     return self._parsed(data)
             return self.feed_events(decoder.feed(data))
@@ -135,21 +133,22 @@ class Translator:
                 "The upstream sent an event of a shape the protocol does not allow."
             )
 
-    def _plain_run(self, data: bytes) -> tuple[bytes, APIError | None] | None:
+    def _plain_run(
+        self, data: bytes, first: tuple[int, str]
+    ) -> tuple[bytes, APIError | None] | None:
         """A read that holds several events (a backlog: the upstream was faster than the
-        relay) and starts with plain chunks: those are matched in place, one after another,
-        each as a read of its own would be; from the first that is not one, the rest goes
-        through the decoder. A chat stream whose plain chunks are relayed as they came writes
-        that part of the read itself. None when the read does not start with a plain chunk."""
+        relay) and starts with a plain chunk (``first``: its match): the plain chunks are
+        matched in place, one after another, each as a read of its own would be; from the
+        first that is not one, the rest goes through the decoder. A chat stream whose plain
+        chunks are relayed as they came writes that part of the read itself. None when the
+        format wants the first one parsed."""
         template = self.template
         parts: list[bytes] = []
         as_came = True  # every part so far is its event as it came: the read's bytes
         pos, size = 0, len(data)
         failure: APIError | None = None
-        while pos < size:
-            found = template.match_at(data, pos)
-            if found is None:
-                break
+        found: tuple[int, str] | None = first
+        while found is not None:
             end, text = found
             event = data[pos:end]
             done = self._plain(event, text)
@@ -163,6 +162,7 @@ class Translator:
             if out:
                 parts.append(out)
             pos = end
+            found = template.match_at(data, pos) if pos < size else None
         if pos == 0:
             return None
         head = data[:pos] if as_came else b"".join(parts)
@@ -459,9 +459,17 @@ class ContentTemplate:
         assert self.head, "no template learned"
         return (self.head + self.mid + self.tail)[6:-2].decode()
 
+    def match(self, event: bytes) -> str | None:
+        """The string of ``event`` (one whole event: ``data: ``, the JSON, a blank line) if it
+        is a plain chunk of the template's shape, else None."""
+        found = self.match_at(event, 0)
+        return found[1] if found is not None and found[0] == len(event) else None
+
     def match_at(self, data: bytes, pos: int) -> tuple[int, str] | None:
         """Where the event that starts at ``pos`` in ``data`` ends, and its string, if it is a
-        plain chunk of the template's shape (:meth:`match`, for one of several events)."""
+        plain chunk of the template's shape. All on the bytes as they came (a chat stream's
+        event goes out as it is, never decoded), in two C calls: the head compared, then one
+        pattern for the rest (string, mid, padding, tail)."""
         head = self.head
         if not data.startswith(head, pos):
             return None
@@ -471,23 +479,6 @@ class ContentTemplate:
             return None
         try:
             return found.end(), found.group(1).decode()
-        except UnicodeDecodeError:
-            return None
-
-    def match(self, event: bytes) -> str | None:
-        """The string of ``event`` (one whole event: ``data: ``, the JSON, a blank line) if it
-        is a plain chunk of the template's shape, else None. All on the bytes as they came (a
-        chat stream's event goes out as it is, never decoded), in two C calls: the head
-        compared, then one pattern for the rest (string, mid, padding, tail, the end)."""
-        head = self.head
-        if not event.startswith(head):
-            return None
-        assert self.rest is not None
-        found = self.rest.fullmatch(event, len(head))
-        if found is None:
-            return None
-        try:
-            return found.group(1).decode()
         except UnicodeDecodeError:
             return None  # the slow path decodes it with replacement characters
 
