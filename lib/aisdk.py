@@ -68,15 +68,6 @@ def text_of(chunk: Chunk) -> str:
     return text if isinstance(text, str) else ""
 
 
-def finish_reason_of(chunk: Chunk) -> str | None:
-    choices = chunk.get("choices")
-    if choices and isinstance(choices, list) and isinstance(choices[0], dict):
-        reason = choices[0].get("finish_reason")
-        if isinstance(reason, str):
-            return reason
-    return None
-
-
 def ai_sdk_finish_reason(reason: str | None) -> str:
     """The AI SDK's name for an OpenAI finish reason; anything unknown (or none) is ``other``."""
     return FINISH_REASONS.get(reason or "", "other")
