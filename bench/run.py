@@ -599,17 +599,27 @@ def paced_variants(formats: dict[str, bool]) -> list[Variant]:
 
 async def w6(scale: Scale, loop: str | None, logs: Path) -> dict[str, Any]:
     """``w6_streams`` paced streams of every format and shape: CPU per upstream event and the
-    p99 gap, each paired per round with the same-shape pass-through."""
+    p99 gap. Each function run has a same-shape pass-through run of its own, right before or
+    after it (the order alternating), and is compared with that one: a round of W6 takes about
+    two minutes, and the machine's drift over a round moved the cells by up to 0.2x when one
+    pass-through run per round stood for all of them."""
     subjects = Subjects(scale.w3_pace, scale.w3_tokens, loop, logs)
     try:
         await warm(subjects)
         variants = paced_variants(await detect_formats(subjects))
+        by_name = {v.name: v for v in variants}
+        functions = [v for v in variants if v.kind == "function"]
         raw: dict[str, list[dict[str, float]]] = {v.name: [] for v in variants}
+        beside: dict[str, list[dict[str, float]]] = {v.name: [] for v in functions}
         for rnd in range(scale.w6_rounds):
-            for variant in rotated(variants, rnd):
-                raw[variant.name].append(
-                    await _paced_run(subjects, variant, scale.w6_streams, scale)
-                )
+            for index, variant in enumerate(rotated(functions, rnd)):
+                base = by_name[variant.baseline]
+                pair = (variant, base) if (rnd + index) % 2 == 0 else (base, variant)
+                for subject in pair:
+                    run = await _paced_run(subjects, subject, scale.w6_streams, scale)
+                    raw[subject.name].append(run)
+                    if subject is base:
+                        beside[variant.name].append(run)
     finally:
         subjects.stop()
     out: dict[str, Any] = {
@@ -625,8 +635,8 @@ async def w6(scale: Scale, loop: str | None, logs: Path) -> dict[str, Any]:
             "p99_gap_ms": summary([r["p99_gap"] for r in runs]),
         }
         if v.kind == "function":
-            row["cpu_vs_passthrough"] = _paired(runs, raw[v.baseline], "cpu_s_per_100k")
-            row["p99_gap_vs_passthrough"] = _paired(runs, raw[v.baseline], "p99_gap")
+            row["cpu_vs_passthrough"] = _paired(runs, beside[v.name], "cpu_s_per_100k")
+            row["p99_gap_vs_passthrough"] = _paired(runs, beside[v.name], "p99_gap")
         out[v.name] = row
     return out
 

@@ -30,8 +30,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from lib.config import Protection, default
 from lib.errors import AuthenticationError
@@ -45,8 +44,7 @@ MAX_CLIENT_ID_CHARS = 128
 CHALLENGE = 'Bearer realm="generate"'
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
+class Caller(NamedTuple):
     """Who is calling, as far as authentication can tell (``None``: authentication is off)."""
 
     client_id: str | None

@@ -1,11 +1,11 @@
 """Settings: read once from the environment, from one table, into frozen groups.
 
 Every setting (variable, group, field, default, parser, doc line; bounds for numbers) is written
-once, in ``SPECS``; the loader reads it, the group dataclasses take their defaults from it, and
+once, in ``SPECS``; the loader reads it, the groups (named tuples) take their defaults from it, and
 ``tests/test_settings_table.py`` checks the docs' reference tables and the groups against it.
 Each module is given only the group it needs: the upstream client ``UpstreamSettings``, request
 parsing ``RequestLimits``, the relay's clock ``StreamLimits``, the limiter ``Protection``, the
-CORS middleware ``CORSSettings``; the handler composes them.
+CORS policy ``CORSSettings``; the handler composes them.
 
 ``load_settings`` takes the environment as a mapping so that tests pass a dict. A value that
 cannot be used raises ``SettingsError`` naming the variable (and the value, unless it is a
@@ -19,9 +19,8 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal, NamedTuple, get_args
 from urllib.parse import urlsplit
 
 from lib.retry import RetryPolicy, Target
@@ -76,8 +75,7 @@ class SettingsError(ValueError):
 Parser = Callable[[str, str, Mapping[str, str]], Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Spec:
+class Spec(NamedTuple):
     """One setting: its variable, where it lands, its default, how it is read, its doc line."""
 
     name: str
@@ -247,11 +245,10 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 _RATE = re.compile(r"([0-9]{1,12})\s*/\s*([0-9]{0,9})\s*(s|sec|second|m|min|minute|h|hour|d|day)s?")
 
 
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """``count`` per ``period`` seconds, as written in ``RATE_LIMIT=20/minute``."""
+class Rate(NamedTuple):
+    """``amount`` per ``period`` seconds, as written in ``RATE_LIMIT=20/minute``."""
 
-    count: int
+    amount: int
     period: int
 
 
@@ -491,8 +488,7 @@ def default(name: str) -> Any:
 # --- the groups --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamSettings:
+class UpstreamSettings(NamedTuple):
     """Where requests go and how they are sent and read (``lib/upstream.py``, retries)."""
 
     api_key: str | None = default("OPENAI_API_KEY")
@@ -533,12 +529,11 @@ ENDPOINT_PATHS: Final[Mapping[str, str]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class RequestLimits:
+class RequestLimits(NamedTuple):
     """What a caller may ask for (``lib/request.py``, ``lib/responses.py``)."""
 
     default_model: str = default("DEFAULT_MODEL")
-    allowed_models: frozenset[str] = default("ALLOWED_MODELS")  # empty: only default_model
+    allowed_models: frozenset[str] = default("ALLOWED_MODELS")  # as set; empty: see models
     max_tokens: int = default("MAX_TOKENS")
     max_body_bytes: int = default("MAX_BODY_BYTES")
     max_image_body_bytes: int = default("MAX_IMAGE_BODY_BYTES")
@@ -549,9 +544,10 @@ class RequestLimits:
     ignored_params: frozenset[str] = default("IGNORED_PARAMS")
     image_url_schemes: frozenset[str] = default("IMAGE_URL_SCHEMES")
 
-    def __post_init__(self) -> None:
-        if not self.allowed_models:
-            object.__setattr__(self, "allowed_models", frozenset({self.default_model}))
+    @property
+    def models(self) -> frozenset[str]:
+        """The models a caller may name: ``ALLOWED_MODELS``, or only the default when unset."""
+        return self.allowed_models or frozenset((self.default_model,))
 
     @property
     def body_limit(self) -> int:
@@ -563,8 +559,7 @@ class RequestLimits:
         return self.max_body_bytes
 
 
-@dataclass(frozen=True, slots=True)
-class StreamLimits:
+class StreamLimits(NamedTuple):
     """When a stream must end, and the loop detector (``lib/clock.py``, ``lib/deadline.py``)."""
 
     max_duration: float | None = default("MAX_DURATION")
@@ -576,24 +571,21 @@ class StreamLimits:
     repetition_max_period: int = default("REPETITION_MAX_PERIOD")
 
 
-@dataclass(frozen=True, slots=True)
-class OutputSettings:
+class OutputSettings(NamedTuple):
     """What is written where nothing else decides it."""
 
     default_format: OutputFormat = default("DEFAULT_FORMAT")
     log_prompts: bool = default("LOG_PROMPTS")
 
 
-@dataclass(frozen=True, slots=True)
-class CORSSettings:
+class CORSSettings(NamedTuple):
     """Which browser origins may call (``lib/cors.py``)."""
 
     allowed_origins: frozenset[str] = default("ALLOWED_ORIGINS")
     max_age: int = default("CORS_MAX_AGE")
 
 
-@dataclass(frozen=True, slots=True)
-class JWTSettings:
+class JWTSettings(NamedTuple):
     """Standard JWTs (docs/protection.md): HS256 with a shared secret, provider keys from a
     JWKS, or both. ``None`` in ``Protection.jwt`` when neither is set, and then PyJWT is never
     imported."""
@@ -609,8 +601,7 @@ class JWTSettings:
     jwks_timeout: float = default("AUTH_JWKS_TIMEOUT")
 
 
-@dataclass(frozen=True, slots=True)
-class Protection:
+class Protection(NamedTuple):
     """Who may call, and how much (``lib/auth.py``, ``lib/limits.py``): all off by default
     (then a loud warning at start)."""
 
@@ -630,16 +621,15 @@ class Protection:
     jwt: JWTSettings | None = None  # built from the "jwt" rows when a secret or key set is given
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(NamedTuple):
     """Everything the function reads from its environment, one group per concern."""
 
-    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
-    request: RequestLimits = field(default_factory=RequestLimits)
-    stream: StreamLimits = field(default_factory=StreamLimits)
-    protection: Protection = field(default_factory=Protection)
-    cors: CORSSettings = field(default_factory=CORSSettings)
-    output: OutputSettings = field(default_factory=OutputSettings)
+    upstream: UpstreamSettings = UpstreamSettings()
+    request: RequestLimits = RequestLimits()
+    stream: StreamLimits = StreamLimits()
+    protection: Protection = Protection()
+    cors: CORSSettings = CORSSettings()
+    output: OutputSettings = OutputSettings()
 
 
 # --- the loader --------------------------------------------------------------------------------

@@ -228,7 +228,7 @@ class GenerateHandler:
             raise MethodNotAllowed(
                 f"Use GET to list models (got {method}).", headers={"Allow": "GET, OPTIONS"}
             )
-        allowed = self.settings.request.allowed_models
+        allowed = self.settings.request.models
         self._check_key()
         scope = exchange.scope
         await self.auth.authenticate(header(scope, b"authorization"), header(scope, b"origin"))

@@ -40,7 +40,6 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from lib.asgi import Header, Scope, joined_header
@@ -125,20 +124,25 @@ def _seconds(value: float) -> int:
     return max(1, math.ceil(value))
 
 
-@dataclass(slots=True)
 class Admission:
-    """What one admitted request holds until it ends."""
+    """What one admitted request holds until it ends (a plain class: see ``lib/log.RequestLog``)."""
 
-    client: str
-    headers: tuple[Header, ...] = ()  # a tuple: no limits, no object per stream
-    lease: str | None = None
-    lease_keys: list[str] = field(default_factory=list)
-    lease_store: Store | None = None
-    budget_key: str | None = None
-    budget_ttl: float = 0.0
-    reserved: int = 0
-    prompt_estimate: int = 0
-    max_tokens: int = 0
+    __slots__ = (
+        "budget_key", "budget_ttl", "client", "headers", "lease", "lease_keys", "lease_store",
+        "max_tokens", "prompt_estimate", "reserved",
+    )  # fmt: skip
+
+    def __init__(self, client: str, headers: tuple[Header, ...] = ()) -> None:
+        self.client = client
+        self.headers = headers  # a tuple: no limits, no object per stream
+        self.lease: str | None = None
+        self.lease_keys: list[str] = []
+        self.lease_store: Store | None = None
+        self.budget_key: str | None = None
+        self.budget_ttl = 0.0
+        self.reserved = 0
+        self.prompt_estimate = 0
+        self.max_tokens = 0
 
 
 class Limiter:
@@ -186,7 +190,7 @@ class Limiter:
         p = self.protection
         items = []
         if p.rate_limit is not None:
-            items.append(f'"requests";q={p.rate_limit.count};w={p.rate_limit.period}')
+            items.append(f'"requests";q={p.rate_limit.amount};w={p.rate_limit.period}')
         if p.max_concurrent_streams is not None:
             items.append(f'"streams";q={p.max_concurrent_streams};qu="concurrent-requests"')
         return [(b"ratelimit-policy", ", ".join(items).encode("ascii"))] if items else []
@@ -218,12 +222,12 @@ class Limiter:
                 lambda store: store.count(key, window, now), "the request rate limit"
             )
             reset = _seconds(start + window - now)
-            remaining = max(0, p.rate_limit.count - count)
+            remaining = max(0, p.rate_limit.amount - count)
             status = (b"ratelimit", f'"requests";r={remaining};t={reset}'.encode("ascii"))
             admission.headers += (status,)
-            if count > p.rate_limit.count:
+            if count > p.rate_limit.amount:
                 raise RateLimited(
-                    f"Too many requests: the limit is {p.rate_limit.count} per "
+                    f"Too many requests: the limit is {p.rate_limit.amount} per "
                     f"{p.rate_limit.period} seconds. Try again in {reset} seconds.",
                     headers=self._headers_429(admission.headers, reset, reset > NO_RETRY_AFTER),
                 )
@@ -318,7 +322,7 @@ class Limiter:
         estimate = estimate_prompt_tokens(request)
         amount = estimate + request.max_tokens
         try:
-            used = await self.store.reserve(key, amount, budget.count, ttl, now)
+            used = await self.store.reserve(key, amount, budget.amount, ttl, now)
         except StoreError as error:
             self._warn("budget", f"The limit store is unreachable ({error}); refusing requests.")
             raise StoreUnavailable(
@@ -327,18 +331,18 @@ class Limiter:
                 headers={"Retry-After": str(STORE_RETRY_AFTER)},
             ) from None
         reset = _seconds(start + budget.period - now)
-        remaining = max(0, budget.count - used - (amount if used + amount <= budget.count else 0))
+        remaining = max(0, budget.amount - used - (amount if used + amount <= budget.amount else 0))
         admission.headers += (
-            (b"x-ratelimit-limit-tokens", str(budget.count).encode("ascii")),
+            (b"x-ratelimit-limit-tokens", str(budget.amount).encode("ascii")),
             (b"x-ratelimit-remaining-tokens", str(remaining).encode("ascii")),
             (b"x-ratelimit-reset-tokens", f"{reset}s".encode("ascii")),
         )
-        if used + amount > budget.count:
-            left = max(0, budget.count - used)
-            hint = "" if amount <= budget.count else " Ask for fewer max_tokens."
+        if used + amount > budget.amount:
+            left = max(0, budget.amount - used)
+            hint = "" if amount <= budget.amount else " Ask for fewer max_tokens."
             raise BudgetExhausted(
                 f"The token budget is spent: this request may use up to {amount} tokens and "
-                f"{left} of {budget.count} are left for the next {reset} seconds.{hint}",
+                f"{left} of {budget.amount} are left for the next {reset} seconds.{hint}",
                 headers=self._headers_429(admission.headers, reset, True),
             )
         admission.budget_key, admission.budget_ttl = key, ttl

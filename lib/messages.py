@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from lib.errors import RequestError
 
@@ -35,16 +34,19 @@ IMAGE_DETAILS = frozenset({"auto", "low", "high"})
 ASSISTANT_REASONING = ("reasoning_content", "reasoning")  # accepted in history, never forwarded
 
 
-@dataclass(slots=True)
 class Collected:
-    """What the messages hold, for the limits and the token estimate."""
+    """What the messages hold, for the limits and the token estimate (a plain class: see
+    ``lib/log.RequestLog``)."""
 
-    messages: list[Message] = field(default_factory=list)
-    text_chars: int = 0
-    text_bytes: int = 0  # UTF-8: the token estimate's bound (lib/limits.py)
-    images: int = 0
-    low_detail_images: int = 0
-    ui: bool = False
+    __slots__ = ("images", "low_detail_images", "messages", "text_bytes", "text_chars", "ui")
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.text_chars = 0
+        self.text_bytes = 0  # UTF-8: the token estimate's bound (lib/limits.py)
+        self.images = 0
+        self.low_detail_images = 0
+        self.ui = False
 
     def count(self, *texts: str) -> None:
         """Add text the model will read to both tallies."""
@@ -53,8 +55,7 @@ class Collected:
             self.text_bytes += len(text.encode("utf-8", "surrogatepass"))
 
 
-@dataclass(frozen=True, slots=True)
-class ImagePolicy:
+class ImagePolicy(NamedTuple):
     """Which image URLs may be forwarded: ``schemes`` empty turns images off."""
 
     schemes: frozenset[str]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from lib.aisdk import TextStream, UIMessageStream
 from lib.config import OUTPUT_FORMATS
 from lib.errors import RequestError
 from lib.formats import Format, OpenAIChat, OpenAICompletion, WholeResponse
@@ -112,10 +111,12 @@ def choose_format(
             name = "text"
         else:
             name = default
-    if name == "ui":
-        return UIMessageStream()
-    if name == "text":
-        return TextStream()
+    if name in ("ui", "text"):
+        # The AI SDK's formats are imported when first asked for: a deployment whose callers
+        # never use them does not compile lib/aisdk.py at every cold start.
+        from lib.aisdk import TextStream, UIMessageStream
+
+        return UIMessageStream() if name == "ui" else TextStream()
     if not request.stream:
         return WholeResponse(shape=request.shape)
     if request.shape == "completion":

@@ -15,9 +15,9 @@ import hashlib
 import hmac
 import json
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Literal, NamedTuple
 
 from lib.config import OPTIONAL_PARAMS, RequestLimits, UpstreamSettings
 from lib.errors import BodyTooLarge, RequestError
@@ -30,8 +30,7 @@ MAX_INT_DIGITS = 20
 MAX_STOP = 4
 
 
-@dataclass(frozen=True, slots=True)
-class GenerateRequest:
+class GenerateRequest(NamedTuple):
     """A validated request: what to ask for, and how the caller wants the answer shaped."""
 
     shape: Shape
@@ -39,7 +38,7 @@ class GenerateRequest:
     max_tokens: int  # what is sent upstream: the caller's value, else the deployment's cap
     prompt: str | None = None
     messages: tuple[dict[str, Any], ...] = ()
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = MappingProxyType({})
     include_usage: bool = False
     # stream_options.include_obfuscation as the caller sent it (None: not sent), forwarded
     obfuscation: bool | None = None
@@ -72,8 +71,7 @@ def _loggable(message: dict[str, Any]) -> str:
     return text
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamRequest:
+class UpstreamRequest(NamedTuple):
     url: str
     body: bytes
     endpoint: Literal["chat", "completions", "responses"]
@@ -470,8 +468,8 @@ def parse_request(
     model = body.get("model")
     if model is None:  # absent or null: the deployment's default
         model = limits.default_model
-    if not isinstance(model, str) or model not in limits.allowed_models:
-        allowed = ", ".join(sorted(limits.allowed_models))
+    if not isinstance(model, str) or model not in limits.models:
+        allowed = ", ".join(sorted(limits.models))
         raise RequestError(f"model must be one of: {allowed}.", param="model")
     max_tokens = _max_tokens(body, limits)
     options = _options(body, shape)

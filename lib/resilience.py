@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from dataclasses import replace
 
 from lib.config import ENDPOINT_PATHS, UpstreamSettings
 from lib.request import UpstreamRequest
@@ -28,7 +27,7 @@ def retarget(request: UpstreamRequest, target: Target) -> UpstreamRequest:
         payload = json.loads(body)
         payload["model"] = target.model
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return replace(request, url=url, body=body)
+    return request._replace(url=url, body=body)
 
 
 async def open_upstream(

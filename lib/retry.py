@@ -27,8 +27,8 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from typing import NamedTuple
 
 from lib.errors import APIError, RequestError, UpstreamError, UpstreamTimeout
 
@@ -36,8 +36,7 @@ RETRY_STATUSES = frozenset({408, 409, 429})
 NEVER_RETRY = frozenset({400, 401, 403, 404})
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class RetryPolicy(NamedTuple):
     """``max_retries`` extra attempts per upstream; waits between ``base_delay`` and
     ``max_delay`` seconds."""
 
@@ -118,8 +117,7 @@ def next_delay(
     return asked if asked <= policy.max_delay else None
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):
     """One upstream to try: the primary or a fallback. ``name`` goes to the log; the key never."""
 
     name: str

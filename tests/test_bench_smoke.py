@@ -77,7 +77,10 @@ async def test_bench_runs_end_to_end(tmp_path: Path) -> None:
     assert {"function chat", "function ui", "function text", "function chat tools"} <= set(paced)
     for name in paced:
         assert w6[name]["errors"]["max"] == 0, name
-        assert "cpu_vs_passthrough" in w6[name]
+        assert w6[name]["cpu_vs_passthrough"]["n"] == 1, name
+    # Each function run has a same-shape pass-through run of its own beside it.
+    assert w6["passthrough"]["errors"]["n"] == 4  # chat, completion, ui, text
+    assert w6["passthrough tools"]["errors"]["n"] == 2  # chat and ui with tool calls
 
     targets = results["targets"]
     assert targets

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAZY = ("lib.responses", "lib.responses_upstream")
+LAZY = ("lib.responses", "lib.responses_upstream", "lib.aisdk")
 
 
-def test_the_responses_modules_are_not_imported_at_start() -> None:
+def test_the_lazy_modules_are_not_imported_at_start() -> None:
     code = (
         "import json, sys, api.generate; "
         f"print(json.dumps([m for m in {LAZY!r} if m in sys.modules]))"
