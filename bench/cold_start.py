@@ -150,6 +150,17 @@ def median_ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 1)
 
 
+def paired(ours: list[float], base: list[float]) -> dict[str, float]:
+    """Median and quartiles of the per-round ratios ``ours / base``."""
+    ratios = [a / b for a, b in zip(ours, base, strict=True)]
+    low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return {
+        "median": round(statistics.median(ratios), 2),
+        "q1": round(low, 2),
+        "q3": round(high, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=15)
@@ -218,6 +229,15 @@ def main() -> None:
         ),
         "spawn_to_first_answer": round(spawns_ms["api/generate.py"] / spawns_ms["pass-through"], 2),
     }
+    # The same ratios round by round (each round spawns every subject once): the spawn times
+    # drift by a third over a run on a shared machine, and a round's subjects drift together.
+    result["function_vs_passthrough_per_round"] = {
+        name: paired(spawn_samples[subject], spawn_samples["pass-through"])
+        for name, subject in (
+            ("spawn_to_first_answer", "api/generate.py"),
+            ("spawn_to_first_answer, bytecode", "api/generate.py, bytecode"),
+        )
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
@@ -235,10 +255,15 @@ def main() -> None:
         f"spawn to first answer {ratios['spawn_to_first_answer']}x; with bytecode: "
         f"{ratios['import, bytecode']}x, {ratios['spawn_to_first_answer, bytecode']}x"
     )
+    rounds = result["function_vs_passthrough_per_round"]
+    print(
+        "per round (median [quartiles]): "
+        + "; ".join(f"{k} {v['median']}x [{v['q1']}..{v['q3']}]" for k, v in rounds.items())
+    )
     print(f"-X importtime api.generate: {profile['total_ms']:.1f} ms cumulative; heaviest:")
     for row in profile["top"]:
         print(f"  {row['module']:<40}{row['cumulative_ms']:>8.1f}")
-    print(f"wrote {args.out.relative_to(ROOT)}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
