@@ -159,6 +159,7 @@ async def test_one_json_log_line_per_request(
     assert ok["first_upstream_byte_ms"] <= ok["first_event_ms"] <= ok["duration_ms"]
     assert ok["client_disconnected"] is False
     assert len(ok["request_id"]) == 32
+    assert list(ok)[:4] == ["event", "request_id", "method", "status"]  # read by eye too
     assert rejected["status"] == 405
     assert rejected["error_type"] == "method_not_allowed"
     for line in lines:
