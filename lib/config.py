@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, NamedTuple, get_args
 from urllib.parse import urlsplit
 
+from lib.errors import redacted_repr
 from lib.retry import RetryPolicy, Target
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -507,6 +508,9 @@ class UpstreamSettings(NamedTuple):
     retry_max_delay: float = default("UPSTREAM_RETRY_MAX_DELAY")
     fallbacks: tuple[Target, ...] = default("UPSTREAM_FALLBACKS")
 
+    def __repr__(self) -> str:
+        return redacted_repr(self)
+
     @property
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(self.max_retries, self.retry_base_delay, self.retry_max_delay)
@@ -600,6 +604,9 @@ class JWTSettings(NamedTuple):
     jwks_cache_seconds: float = default("AUTH_JWKS_CACHE_SECONDS")
     jwks_timeout: float = default("AUTH_JWKS_TIMEOUT")
 
+    def __repr__(self) -> str:
+        return redacted_repr(self)
+
 
 class Protection(NamedTuple):
     """Who may call, and how much (``lib/auth.py``, ``lib/limits.py``): all off by default
@@ -619,6 +626,9 @@ class Protection(NamedTuple):
     auth_max_token_lifetime: int = default("AUTH_MAX_TOKEN_LIFETIME")
     ipv6_prefix: int = default("IPV6_PREFIX")
     jwt: JWTSettings | None = None  # built from the "jwt" rows when a secret or key set is given
+
+    def __repr__(self) -> str:
+        return redacted_repr(self)
 
 
 class Settings(NamedTuple):

@@ -251,6 +251,19 @@ def redact(message: str, secret: str | None, limit: int = 1000) -> str:
     return message
 
 
+SECRET_FIELDS = frozenset({"api_key", "auth_tokens", "auth_signing_secret", "secret"})
+
+
+def redacted_repr(record: Any) -> str:
+    """A settings record's repr (a named tuple) with each secret field shown only as set, never
+    its value: a record printed while debugging must not put a key in a log."""
+    shown = (
+        f"{name}=[redacted]" if name in SECRET_FIELDS and value else f"{name}={value!r}"
+        for name, value in zip(record._fields, record, strict=True)
+    )
+    return f"{type(record).__name__}({', '.join(shown)})"
+
+
 class BreakConnection(Exception):
     """Raised to make the server drop the connection: the only honest end for a failed stream
     in a format without an in-band error channel (the plain text stream)."""

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import NamedTuple
 
-from lib.errors import APIError, RequestError, UpstreamError, UpstreamTimeout
+from lib.errors import APIError, RequestError, UpstreamError, UpstreamTimeout, redacted_repr
 
 RETRY_STATUSES = frozenset({408, 409, 429})
 NEVER_RETRY = frozenset({400, 401, 403, 404})
@@ -124,6 +124,9 @@ class Target(NamedTuple):
     base_url: str
     api_key: str
     model: str | None = None
+
+    def __repr__(self) -> str:
+        return redacted_repr(self)
 
 
 async def open_with_retries[T](

@@ -93,3 +93,23 @@ def test_module_imports_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(module.handler, Misconfigured)  # no settings: every request is the 500
     assert "MAX_TOKENS='not-a-number'" in module.handler.error.message
     sys.modules.pop("api.generate", None)
+
+
+def test_a_printed_settings_object_holds_no_secret() -> None:
+    """What a developer prints while debugging can end up in a log: the keys, tokens and
+    secrets show as set, never as their values, down to the fallbacks' keys."""
+    secrets = {
+        "OPENAI_API_KEY": "sk-primary-0123456789abcdef",
+        "FALLBACK_KEY": "sk-fallback-0123456789abcdef",
+        "AUTH_TOKENS": "token-0123456789abcdef",
+        "AUTH_SIGNING_SECRET": "signing-" + "s" * 32,
+        "AUTH_JWT_SECRET": "jwt-" + "j" * 32,
+    }
+    fallbacks = [{"base_url": "https://fallback.example/v1", "api_key_env": "FALLBACK_KEY"}]
+    settings = load_settings({**secrets, "UPSTREAM_FALLBACKS": json.dumps(fallbacks)})
+    shown = repr(settings)
+    for name, value in secrets.items():
+        assert value not in shown, name
+    assert "api_key=[redacted]" in shown
+    assert "base_url='https://fallback.example/v1'" in shown  # the rest is still shown
+    assert repr(load_settings({}).upstream).count("api_key=None") == 1  # unset: shown as such
