@@ -148,7 +148,9 @@ class Scenario:
     the ending). The huge line is written in 64 KiB pieces, so a 10 MB line costs the upstream
     no 10 MB buffer (and a memory measurement sees only the function's share).
     ``reset_before_headers`` reads the request, then aborts the connection with a TCP RST before
-    answering anything (a crashed upstream or proxy).
+    answering anything (a crashed upstream or proxy). ``eof_gate`` holds the body's end (the
+    chunked encoding's last chunk) after ``[DONE]`` until it is set, as a real upstream's last
+    bytes may come a moment after its last event.
     """
 
     status: int = 200
@@ -172,6 +174,7 @@ class Scenario:
     reasoning: str | None = None
     reasoning_key: Literal["reasoning_content", "reasoning"] = "reasoning_content"
     tool_arguments: str | None = None
+    eof_gate: asyncio.Event | None = None
 
 
 @dataclass
@@ -180,7 +183,8 @@ class SeenRequest:
 
     ``closed`` is set when the client closed the connection before the handler finished (never
     for the server's own ``reset`` or shutdown). ``events_sent`` counts every SSE event written
-    to the socket so far, the opening role chunk and ``[DONE]`` included.
+    to the socket so far, the opening role chunk and ``[DONE]`` included. ``peer`` is the
+    client's address and port: two requests with the same one came on the same connection.
     """
 
     path: str
@@ -190,6 +194,7 @@ class SeenRequest:
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     events_sent: int = 0
+    peer: Any = None
 
 
 @dataclass(frozen=True)
@@ -409,6 +414,7 @@ class DemoUpstream:
         except ValueError:
             payload = None
         seen = SeenRequest(request.path, request.headers, payload, body)
+        seen.peer = request.transport.get_extra_info("peername") if request.transport else None
         self.seen.append(seen)
         self._arrivals.put_nowait(seen)
         task = asyncio.current_task()
@@ -499,6 +505,8 @@ class DemoUpstream:
         if scenario.ending == "reset":
             _reset(request)
             return resp
+        if scenario.eof_gate is not None:
+            await scenario.eof_gate.wait()
         await resp.write_eof()
         return resp
 

@@ -271,6 +271,13 @@ class Exchange:
         return self._send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def end(self, data: bytes = b"") -> None:
+        """The response's last write. The disconnect watch ends first: the caller then has the
+        whole response, and the server reports ``http.disconnect`` as soon as it is complete,
+        which would cancel what the request still does after it (the relay reads the upstream
+        body's end, to pool its connection)."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
         self.bytes_sent += len(data)
         await self._send({"type": "http.response.body", "body": data, "more_body": False})
 

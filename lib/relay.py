@@ -10,7 +10,9 @@ the upstream body, an error, or a limit of the clock (idle, maximum stream time,
 deadline minus its margin). A
 failure after the headers went out is never a clean end: it becomes the format's in-band error
 and the stream ends without ``[DONE]`` (or the connection breaks, for formats with no error
-channel). The upstream response is always closed in ``finally``.
+channel). After a clean end, once the caller has its whole answer, the upstream's body is read
+to its end (bounded: ``UpstreamStream.finish``) so that its connection is pooled for the next
+request; on any other way out it is released or dropped in ``finally``.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ async def relay(
     cannot hold up every other stream and a new request's first byte for the whole of it."""
     time = loop_clock(asyncio.get_running_loop())
     said = translator.said
+    finished = False  # the upstream connection went back to the pool (or was dropped) in order
     clock.begin(time())
     try:
         if whole is None:
@@ -152,12 +155,17 @@ async def relay(
         if whole is None:
             clock.writing_since = time()
             await exchange.end(translator.close())
+            clock.writing_since = None
         else:
             await exchange.respond(200, whole.close(), headers)
+        # The caller has its whole answer; the upstream's body may end a moment after [DONE].
+        await stream.finish()
+        finished = True
     finally:
         if whole is not None:
             said.events = whole.chunks  # upstream chunks gathered: the answer is one object
-        if said.done:
-            stream.release()
-        else:
-            stream.close()
+        if not finished:
+            if said.done:
+                stream.release()
+            else:
+                stream.close()

@@ -339,3 +339,7 @@ class ResponsesUpstream(UpstreamStream):
     def release(self) -> None:
         self._stop_timer()
         self._inner.release()
+
+    async def finish(self) -> None:
+        self._stop_timer()
+        await self._inner.finish()

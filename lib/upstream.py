@@ -163,6 +163,35 @@ class UpstreamStream:
         self._stop_timer()
         self._response.release()
 
+    async def finish(self) -> None:
+        """After ``[DONE]``, once the caller's answer is complete: read the body to its end, at
+        most :data:`DRAIN_BYTES` within :data:`DRAIN_SECONDS`, so that the connection goes back
+        to the pool; past either bound, or on a failure, it is dropped instead.
+
+        The body's end (the chunked encoding's last chunk) often comes a moment after
+        ``[DONE]``, and aiohttp drops a connection whose body was not read to its end: the next
+        request of a warm instance would then pay TCP and TLS set-up again (against the demo
+        upstream, about one request in five did)."""
+        self._stop_timer()
+        content = self._response.content
+        if not content.at_eof():
+            left = DRAIN_BYTES
+            try:
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    while left >= 0 and (chunk := await content.readany()):
+                        left -= len(chunk)
+            except (TimeoutError, aiohttp.ClientError, RuntimeError):
+                left = -1
+            if left < 0:
+                self._response.close()
+                return
+        self._response.release()
+
+
+# What UpstreamStream.finish reads after [DONE] at most: the body's end is a few bytes, in
+# flight when [DONE] is read; an upstream that goes on past [DONE] is not waited for.
+DRAIN_BYTES = 64 * 1024
+DRAIN_SECONDS = 0.25
 
 # asyncio's socket transport reads with ``recv(256 KiB)``: glibc serves an allocation that size
 # with mmap (its threshold starts at 128 KiB) and the read of a ~200-byte event then costs an

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from lib.upstream import UpstreamStream
+from lib.upstream import DRAIN_BYTES, UpstreamStream
 
 
 class Feed:
@@ -114,3 +114,51 @@ async def test_reads_are_capped_below_mallocs_mmap_threshold(
     while len(got) < len(big):
         got += await upstream.read_before(loop.time() + 5)
     assert got == big
+
+
+async def test_finish_waits_for_the_body_end_after_done_and_pools_the_connection(
+    stream: tuple[UpstreamStream, Feed],
+) -> None:
+    upstream, feed = stream
+    feed.chunks.put_nowait(b"data: [DONE]\n\n")
+    assert await upstream.read_before(asyncio.get_running_loop().time() + 5) == b"data: [DONE]\n\n"
+    connection = upstream._response.connection
+    assert connection is not None
+    transport = connection.transport
+    assert transport is not None
+    finishing = asyncio.create_task(upstream.finish())
+    await asyncio.sleep(0)
+    assert not finishing.done()  # the body has not ended yet: it waits
+    feed.chunks.put_nowait(b"")  # the handler returns: the body's last chunk goes out
+    await asyncio.wait_for(finishing, 5)
+    assert not transport.is_closing()  # back in the pool, not dropped
+
+
+async def test_finish_drops_a_connection_that_goes_on_past_the_bound_after_done(
+    stream: tuple[UpstreamStream, Feed],
+) -> None:
+    """An upstream that keeps sending after [DONE] is read no further than the bound (about
+    one read past it), not for the whole time bound."""
+    upstream, feed = stream
+    feed.chunks.put_nowait(b"data: [DONE]\n\n")
+    assert await upstream.read_before(asyncio.get_running_loop().time() + 5) == b"data: [DONE]\n\n"
+    connection = upstream._response.connection
+    assert connection is not None
+    transport = connection.transport
+    assert transport is not None
+
+    async def endless() -> None:  # a few chunks ahead of the server's writes, never more
+        while True:
+            if feed.chunks.qsize() < 4:
+                feed.chunks.put_nowait(b": " + b"x" * 16_384 + b"\n\n")
+            await asyncio.sleep(0)
+
+    producer = asyncio.create_task(endless())
+    try:
+        await asyncio.wait_for(upstream.finish(), 5)
+    finally:
+        producer.cancel()
+    assert transport.is_closing()
+    # What reached the client's buffer: the bound, one read and the reader's buffer at most;
+    # reading on for the whole time bound takes megabytes.
+    assert upstream._response.content.total_bytes < DRAIN_BYTES + 512 * 1024

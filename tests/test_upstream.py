@@ -1,9 +1,11 @@
 """The upstream client at unit level: failures that a loopback server cannot produce (DNS, TLS,
-an aiohttp timeout), injected with aioresponses, and the shared session's lifetime."""
+an aiohttp timeout), injected with aioresponses, the shared session's lifetime, and its
+connections going back to the pool after a stream."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import Iterator
 
@@ -16,7 +18,9 @@ from dev.demo_upstream import DemoUpstream, Scenario
 from lib.config import load_settings
 from lib.errors import UpstreamError, UpstreamTimeout
 from lib.request import UpstreamRequest
-from lib.upstream import UpstreamClient
+from lib.upstream import DRAIN_SECONDS, UpstreamClient
+from tests.conftest import Function, LogTap
+from tests.streams import post
 
 URL = "https://api.example.test/v1/chat/completions"
 KEY = "sk-unit-test-key-0123456789"
@@ -148,3 +152,45 @@ def test_no_total_timeout_and_a_deliberate_pool_size() -> None:
     assert timeout.sock_read is None
     assert timeout.sock_connect == 10.0
     assert limit == 7
+
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+async def test_a_body_that_ends_after_done_leaves_its_connection_pooled(
+    function: Function, demo: DemoUpstream, http: aiohttp.ClientSession, logs: LogTap
+) -> None:
+    """The body's end (the chunked encoding's last chunk) comes after ``[DONE]``: the caller
+    gets its whole answer first, then the function reads that end, and the next request
+    rides the same connection (no new TCP or TLS set-up on a warm instance)."""
+    body_end = asyncio.Event()
+    demo.push(Scenario(eof_gate=body_end))
+    async with await post(http, function.url, CHAT) as response:
+        answer = await asyncio.wait_for(response.read(), 5)  # while the upstream body is open
+    assert answer.endswith(b"data: [DONE]\n\n")
+    body_end.set()
+    await logs.requests(1)  # the first request is over, its connection settled
+    async with await post(http, function.url, CHAT) as response:
+        assert (await response.read()).endswith(b"data: [DONE]\n\n")
+    first, second = demo.seen
+    assert first.peer is not None
+    assert second.peer == first.peer
+
+
+async def test_a_body_that_never_ends_after_done_is_dropped_in_bounded_time(
+    function: Function, demo: DemoUpstream, http: aiohttp.ClientSession, logs: LogTap
+) -> None:
+    """An upstream that keeps its body open after ``[DONE]`` is not waited for past
+    ``DRAIN_SECONDS``: the request ends, and its connection is dropped, not pooled."""
+    demo.push(Scenario(eof_gate=asyncio.Event()))  # never set
+    async with await post(http, function.url, CHAT) as response:
+        assert (await asyncio.wait_for(response.read(), 5)).endswith(b"data: [DONE]\n\n")
+    line = json.loads((await logs.requests(1))[0])
+    assert line["status"] == 200
+    assert "error_type" not in line
+    async with asyncio.timeout(5):
+        await demo.seen[0].closed.wait()  # the function dropped the connection
+    async with await post(http, function.url, CHAT) as response:
+        await response.read()
+    assert demo.seen[1].peer != demo.seen[0].peer
+    assert DRAIN_SECONDS < 1
