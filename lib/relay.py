@@ -25,7 +25,7 @@ from lib.config import StreamLimits, UpstreamSettings
 from lib.errors import APIError, BreakConnection
 from lib.formats import Format, WholeResponse
 from lib.translate import Translator
-from lib.upstream import UpstreamStream
+from lib.upstream import DRAIN_SECONDS, UpstreamStream
 
 
 def translator_for(fmt: Format, upstream: UpstreamSettings, limits: StreamLimits) -> Translator:
@@ -158,8 +158,12 @@ async def relay(
             clock.writing_since = None
         else:
             await exchange.respond(200, whole.close(), headers)
-        # The caller has its whole answer; the upstream's body may end a moment after [DONE].
-        await stream.finish()
+        # The caller has its whole answer; the upstream's body may end a moment after [DONE]
+        # (read within the invocation's deadline, minus its margin).
+        within = DRAIN_SECONDS
+        if clock.cut_at is not None:
+            within = max(0.0, min(within, clock.cut_at - time()))
+        await stream.finish(within)
         finished = True
     finally:
         if whole is not None:

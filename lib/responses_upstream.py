@@ -21,7 +21,7 @@ from lib.config import UpstreamSettings
 from lib.errors import RequestError
 from lib.request import GenerateRequest, UpstreamRequest
 from lib.sse import Event, SSEDecoder, encode_event
-from lib.upstream import UpstreamStream
+from lib.upstream import DRAIN_SECONDS, UpstreamStream
 
 # Chat fields the Responses API cannot take: refused in this mode (docs/responses.md).
 NOT_IN_RESPONSES = (
@@ -340,6 +340,6 @@ class ResponsesUpstream(UpstreamStream):
         self._stop_timer()
         self._inner.release()
 
-    async def finish(self) -> None:
+    async def finish(self, within: float = DRAIN_SECONDS) -> None:
         self._stop_timer()
-        await self._inner.finish()
+        await self._inner.finish(within)

@@ -43,6 +43,12 @@ _RETRY_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
 _RETRY_AFTER = re.compile(r"[0-9]{1,10}(\.[0-9]{1,3})?|[A-Za-z0-9 ,:]{1,40} GMT")
 
 
+# What UpstreamStream.finish reads after [DONE] at most: the body's end is a few bytes, in
+# flight when [DONE] is read; an upstream that goes on past [DONE] is not waited for.
+DRAIN_BYTES = 64 * 1024
+DRAIN_SECONDS = 0.25
+
+
 class UpstreamStream:
     """An accepted upstream response whose body is read chunk by chunk."""
 
@@ -163,10 +169,11 @@ class UpstreamStream:
         self._stop_timer()
         self._response.release()
 
-    async def finish(self) -> None:
+    async def finish(self, within: float = DRAIN_SECONDS) -> None:
         """After ``[DONE]``, once the caller's answer is complete: read the body to its end, at
-        most :data:`DRAIN_BYTES` within :data:`DRAIN_SECONDS`, so that the connection goes back
-        to the pool; past either bound, or on a failure, it is dropped instead.
+        most :data:`DRAIN_BYTES` within ``within`` seconds (the relay passes less near the
+        invocation's deadline), so that the connection goes back to the pool; past either
+        bound, or on a failure, it is dropped instead.
 
         The body's end (the chunked encoding's last chunk) often comes a moment after
         ``[DONE]``, and aiohttp drops a connection whose body was not read to its end: the next
@@ -175,9 +182,12 @@ class UpstreamStream:
         self._stop_timer()
         content = self._response.content
         if not content.at_eof():
+            if within <= 0:  # no time left: not a moment's wait
+                self._response.close()
+                return
             left = DRAIN_BYTES
             try:
-                async with asyncio.timeout(DRAIN_SECONDS):
+                async with asyncio.timeout(within):
                     while left >= 0 and (chunk := await content.readany()):
                         left -= len(chunk)
             except (TimeoutError, aiohttp.ClientError, RuntimeError):
@@ -187,11 +197,6 @@ class UpstreamStream:
                 return
         self._response.release()
 
-
-# What UpstreamStream.finish reads after [DONE] at most: the body's end is a few bytes, in
-# flight when [DONE] is read; an upstream that goes on past [DONE] is not waited for.
-DRAIN_BYTES = 64 * 1024
-DRAIN_SECONDS = 0.25
 
 # asyncio's socket transport reads with ``recv(256 KiB)``: glibc serves an allocation that size
 # with mmap (its threshold starts at 128 KiB) and the read of a ~200-byte event then costs an

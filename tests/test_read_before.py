@@ -162,3 +162,21 @@ async def test_finish_drops_a_connection_that_goes_on_past_the_bound_after_done(
     # What reached the client's buffer: the bound, one read and the reader's buffer at most;
     # reading on for the whole time bound takes megabytes.
     assert upstream._response.content.total_bytes < DRAIN_BYTES + 512 * 1024
+
+
+async def test_finish_with_no_time_left_drops_the_connection_without_waiting(
+    stream: tuple[UpstreamStream, Feed],
+) -> None:
+    """Near the invocation's deadline the relay has no time to give: the body is not waited
+    for at all (the call completes without suspending)."""
+    upstream, feed = stream
+    feed.chunks.put_nowait(b"data: [DONE]\n\n")
+    assert await upstream.read_before(asyncio.get_running_loop().time() + 5) == b"data: [DONE]\n\n"
+    connection = upstream._response.connection
+    assert connection is not None
+    transport = connection.transport
+    assert transport is not None
+    step = upstream.finish(0).__await__()
+    with pytest.raises(StopIteration):
+        next(step)  # done at the first step: nothing awaited
+    assert transport.is_closing()
