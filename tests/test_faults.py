@@ -409,11 +409,14 @@ async def test_a_client_that_stops_reading_stops_the_upstream(
     assert seen.events_sent < count // 4, seen.events_sent  # < 64 MiB left the upstream
     assert _rss() - rss_before < 64 * 1024 * 1024
     stalled_at = seen.events_sent
-    for _ in range(64):  # reading again lets the upstream go on: it was waiting, not broken
-        assert await asyncio.wait_for(resp.content.readany(), 5)
+    # Reading again lets the upstream go on: it was waiting, not broken. (Read until it does:
+    # how much sits in the buffers between it and this client depends on the kernel and on
+    # the relay's write sizes.)
+    async with asyncio.timeout(20):
+        while seen.events_sent <= stalled_at:
+            assert await resp.content.readany()
     assert not seen.finished.is_set()
     resp.close()
-    assert seen.events_sent > stalled_at
     await asyncio.wait_for(seen.closed.wait(), 1)
 
 

@@ -116,16 +116,23 @@ async def test_reads_are_capped_below_mallocs_mmap_threshold(
     assert got == big
 
 
-async def test_finish_waits_for_the_body_end_after_done_and_pools_the_connection(
-    stream: tuple[UpstreamStream, Feed],
-) -> None:
-    upstream, feed = stream
+async def _read_done(upstream: UpstreamStream, feed: Feed) -> asyncio.BaseTransport:
+    """``[DONE]`` sent and read, the body still open: its connection's transport, whose
+    ``is_closing()`` then tells a dropped connection from a pooled one."""
     feed.chunks.put_nowait(b"data: [DONE]\n\n")
     assert await upstream.read_before(asyncio.get_running_loop().time() + 5) == b"data: [DONE]\n\n"
     connection = upstream._response.connection
     assert connection is not None
     transport = connection.transport
     assert transport is not None
+    return transport
+
+
+async def test_finish_waits_for_the_body_end_after_done_and_pools_the_connection(
+    stream: tuple[UpstreamStream, Feed],
+) -> None:
+    upstream, feed = stream
+    transport = await _read_done(upstream, feed)
     finishing = asyncio.create_task(upstream.finish())
     await asyncio.sleep(0)
     assert not finishing.done()  # the body has not ended yet: it waits
@@ -140,12 +147,7 @@ async def test_finish_drops_a_connection_that_goes_on_past_the_bound_after_done(
     """An upstream that keeps sending after [DONE] is read no further than the bound (about
     one read past it), not for the whole time bound."""
     upstream, feed = stream
-    feed.chunks.put_nowait(b"data: [DONE]\n\n")
-    assert await upstream.read_before(asyncio.get_running_loop().time() + 5) == b"data: [DONE]\n\n"
-    connection = upstream._response.connection
-    assert connection is not None
-    transport = connection.transport
-    assert transport is not None
+    transport = await _read_done(upstream, feed)
 
     async def endless() -> None:  # a few chunks ahead of the server's writes, never more
         while True:
@@ -170,12 +172,7 @@ async def test_finish_with_no_time_left_drops_the_connection_without_waiting(
     """Near the invocation's deadline the relay has no time to give: the body is not waited
     for at all (the call completes without suspending)."""
     upstream, feed = stream
-    feed.chunks.put_nowait(b"data: [DONE]\n\n")
-    assert await upstream.read_before(asyncio.get_running_loop().time() + 5) == b"data: [DONE]\n\n"
-    connection = upstream._response.connection
-    assert connection is not None
-    transport = connection.transport
-    assert transport is not None
+    transport = await _read_done(upstream, feed)
     step = upstream.finish(0).__await__()
     with pytest.raises(StopIteration):
         next(step)  # done at the first step: nothing awaited
