@@ -7,9 +7,11 @@
 Every round starts a fresh relay process per subject (the pass-through, the function from
 ``base``, the function from this tree), the order rotating per round, and runs ``streams``
 paced streams (20 ms apart, 200 events, starts spread over 1 s) against each; CPU comes from
-/proc for the relay alone. Prints each subject's CPU per 100k upstream events and memory per
-stream (median [range]), and the paired ratios per round: head / base, head / pass-through,
-base / pass-through. How each change in docs/performance.md was measured (issue 15).
+/proc for the relay alone. Up to 100 streams the relays run ahead of the bench's own processes,
+as the suite's do (``AHEAD_UP_TO_STREAMS`` in bench/run.py; ``BENCH_SUBJECT_NICE=0``: as
+equals). Prints each subject's CPU per 100k upstream events and memory per stream (median
+[range]), and the paired ratios per round: head / base, head / pass-through, base /
+pass-through. How each change in docs/performance.md was measured (issue 15).
 """
 
 from __future__ import annotations
@@ -30,7 +32,16 @@ from bench.procs import (
     raise_fd_limit,
     rss_bytes,
 )
-from bench.run import FN_CHAT, FN_PROMPT, RESULTS, SHAPES, chat_body, fn_chat, upstream_events
+from bench.run import (
+    AHEAD_UP_TO_STREAMS,
+    FN_CHAT,
+    FN_PROMPT,
+    RESULTS,
+    SHAPES,
+    chat_body,
+    fn_chat,
+    upstream_events,
+)
 
 
 async def _run(
@@ -40,6 +51,7 @@ async def _run(
         ["-m", "bench.subject", kind, "--upstream", upstream],
         log=RESULTS / "logs" / f"ab-{kind}.log",
         root=root,
+        subject=streams <= AHEAD_UP_TO_STREAMS,
     )
     try:
         url = relay.url + url_query
@@ -65,6 +77,7 @@ async def _run(
         "system": kernel["system"] / total * 1e5,
         "faults": kernel["minflt"] / total * 1e3,
         "switches": (kernel["voluntary"] + kernel["involuntary"]) / total * 1e3,
+        "preempted": kernel["involuntary"] / total * 1e3,
         "rss": (peak - base) / streams / 1024,
         "errors": float(errors),
     }
@@ -115,7 +128,7 @@ async def ab(args: argparse.Namespace) -> None:
             f"  {'':12} user {_fmt([x['user'] for x in r])}  system "
             f"{_fmt([x['system'] for x in r])}  (s/100k); per 1k events: faults "
             f"{_fmt([x['faults'] for x in r])}  context switches "
-            f"{_fmt([x['switches'] for x in r])}"
+            f"{_fmt([x['switches'] for x in r])} (involuntary {_fmt([x['preempted'] for x in r])})"
         )
     others = [name for name, *_ in subjects if name not in ("passthrough", "base")]
     pairs = [(name, "base") for name in others] + [(name, "passthrough") for name in others]

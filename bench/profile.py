@@ -24,7 +24,7 @@ import sys
 
 from bench.client import run_streams
 from bench.procs import ROOT, Server, cpu_seconds, fast_loop_policy, raise_fd_limit
-from bench.run import FN_CHAT, RESULTS, chat_body
+from bench.run import AHEAD_UP_TO_STREAMS, FN_CHAT, RESULTS, chat_body
 
 GROUPS = {
     "per-read timer (asyncio.timeouts)": "asyncio/timeouts.py",
@@ -67,7 +67,8 @@ async def profile(kind: str, streams: int, loop: str | None) -> None:
     if loop:
         event_loop, _, http = loop.partition("+")
         args += ["--loop", event_loop] + (["--http", http] if http else [])
-    relay = Server(args, log=RESULTS / "logs" / f"profile-{kind}.log")
+    ahead = streams <= AHEAD_UP_TO_STREAMS  # as the suite runs it (bench/run.py)
+    relay = Server(args, log=RESULTS / "logs" / f"profile-{kind}.log", subject=ahead)
     body = FN_CHAT if kind == "function" else chat_body()
     out = RESULTS / f"profile-{kind}-{streams}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)

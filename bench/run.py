@@ -34,7 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.client import StreamResult, run_streams, stream_once
-from bench.procs import ROOT, Server, cpu_seconds, fast_loop_policy, raise_fd_limit, rss_bytes
+from bench.procs import (
+    ROOT,
+    SUBJECT_NICE,
+    Server,
+    cpu_seconds,
+    fast_loop_policy,
+    raise_fd_limit,
+    rss_bytes,
+    subjects_prioritized,
+)
 from bench.subject import BENCH_KEY
 from bench.upstream import tool_arguments_of
 from dev.demo_upstream import tokenize
@@ -171,6 +180,16 @@ def upstream_events(shape: str, tokens: int) -> int:
     return tokens
 
 
+# Paced runs of up to this many streams start their relay ahead of the bench's own processes
+# (bench/procs.py, SUBJECT_NICE): there a relay needs about a third of a core, as on an instance
+# of its own, and the co-scheduled upstream and client only preempt it. Past it (W3 at 500 and
+# 1,000 streams) and in the unpaced workloads (W2, W5) a relay saturates its core and the
+# machine is the limit: a relay ahead of them would starve the upstream and the clients (on
+# time at 1,000 streams 0.69x direct reading's, W5's pass-through first byte 4 ms -> 280 ms;
+# docs/performance.md, tenth pass), so there they share the cores as equals.
+AHEAD_UP_TO_STREAMS = 100
+
+
 class Subjects:
     """The upstream and both relays for one workload; relays can be restarted fresh."""
 
@@ -185,7 +204,8 @@ class Subjects:
         for kind in ("passthrough", "function"):
             self.start(kind)
 
-    def start(self, kind: str) -> Server:
+    def start(self, kind: str, *, ahead: bool = False) -> Server:
+        """A fresh relay; ``ahead``: run ahead of the bench's processes (AHEAD_UP_TO_STREAMS)."""
         old = self.relays.pop(kind, None)
         if old is not None:
             old.stop()
@@ -194,7 +214,7 @@ class Subjects:
             args += ["--loop", self._loop]
         if self._http:
             args += ["--http", self._http]
-        server = Server(args, log=self._logs / f"{kind}.log")
+        server = Server(args, log=self._logs / f"{kind}.log", subject=ahead)
         self.relays[kind] = server
         return server
 
@@ -489,7 +509,7 @@ async def _paced_run(
     pid = None
     kind = variant.kind
     if kind != "direct":
-        pid = subjects.start(kind).pid
+        pid = subjects.start(kind, ahead=level <= AHEAD_UP_TO_STREAMS).pid
     url = subjects.url(kind) + variant.query
     if pid:
         await stream_once(url, variant.body, limit=0.5)
@@ -759,6 +779,13 @@ def _ratio_row(name: str, paired: dict[str, Any], limit: float) -> tuple[str, st
 
 def report(results: dict[str, Any]) -> str:
     lines = [f"bench on {results['machine']}"]
+    nice = results.get("subject_nice", 0)
+    lines.append(
+        f"relays of paced runs of up to {AHEAD_UP_TO_STREAMS} streams at nice {nice}, ahead of "
+        "the bench's upstream and clients; every other run's as their equals"
+        if nice
+        else "every relay at the same priority as the bench's upstream and clients"
+    )
     if "w1" in results:
         w = results["w1"]
         lines.append(f"\nW1 latency: 1 stream, {w['tokens']} tokens {w['pace_ms']:g} ms apart (ms)")
@@ -883,6 +910,8 @@ async def run_suite(scale: Scale, only: set[str], loop: str | None, logs: Path) 
             results[name]["loadavg_before_after"] = [load_before, _loadavg()]
     if "w4" in only:
         results["w4"] = await asyncio.to_thread(w4, scale)
+    # Known only once a relay was started: whether they ran ahead of the bench's own processes.
+    results["subject_nice"] = SUBJECT_NICE if subjects_prioritized() else 0
     results["targets"] = [
         {"target": t, "measured": m, "met": met} for t, m, met in targets(results)
     ]

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
 import pytest
 
 from bench import memory
+from bench.procs import SUBJECT_NICE, Server, subjects_prioritized
 from bench.run import Scale, report, run_suite
 
 TINY = Scale(
@@ -86,9 +88,26 @@ async def test_bench_runs_end_to_end(tmp_path: Path) -> None:
     assert targets
     assert all({"target", "measured", "met"} <= set(t) for t in targets)
     shown = report(results)
+    assert (f"at nice {SUBJECT_NICE}," in shown) == (results["subject_nice"] != 0)
     assert "W2 throughput" in shown
     assert "W5 a new request" in shown
     assert "W6 every format, paced" in shown
+
+
+def test_a_relay_measured_runs_ahead_of_the_bench(capsys: pytest.CaptureFixture[str]) -> None:
+    """A subject runs at SUBJECT_NICE where the bench may raise a priority (the load generators
+    stay at the bench's own), and the bench says so where it may not."""
+    with Server(["-m", "bench.upstream", "--tokens", "1"], subject=True) as relay:
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        if SUBJECT_NICE == 0:  # BENCH_SUBJECT_NICE=0: measured as equals, by request
+            assert os.getpriority(os.PRIO_PROCESS, relay.pid) == own
+        elif subjects_prioritized():
+            assert os.getpriority(os.PRIO_PROCESS, relay.pid) == SUBJECT_NICE < own
+        else:
+            assert os.getpriority(os.PRIO_PROCESS, relay.pid) == own
+            assert "cannot set the relays' nice" in capsys.readouterr().err
+    with Server(["-m", "bench.upstream", "--tokens", "1"]) as generator:
+        assert os.getpriority(os.PRIO_PROCESS, generator.pid) == own
 
 
 async def test_memory_census_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
