@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import memory
+from bench import memory, procs
 from bench.procs import SUBJECT_NICE, Server, subjects_prioritized
 from bench.run import Scale, report, run_suite
 
@@ -94,9 +94,12 @@ async def test_bench_runs_end_to_end(tmp_path: Path) -> None:
     assert "W6 every format, paced" in shown
 
 
-def test_a_relay_measured_runs_ahead_of_the_bench(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_relay_measured_runs_ahead_of_the_bench(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A subject runs at SUBJECT_NICE where the bench may raise a priority (the load generators
     stay at the bench's own), and the bench says so where it may not."""
+    monkeypatch.setattr(procs, "_priority_warned", False)  # said once per process: say it here
     with Server(["-m", "bench.upstream", "--tokens", "1"], subject=True) as relay:
         own = os.getpriority(os.PRIO_PROCESS, 0)
         if SUBJECT_NICE == 0:  # BENCH_SUBJECT_NICE=0: measured as equals, by request
