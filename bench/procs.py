@@ -154,8 +154,7 @@ class Server:
         )
         if stderr is not None:
             stderr.close()
-        if subject:
-            prioritize(self.proc.pid)
+        self.ahead = subject and prioritize(self.proc.pid)  # runs ahead of the bench's own
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         line = ""

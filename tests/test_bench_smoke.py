@@ -104,12 +104,14 @@ def test_a_relay_measured_runs_ahead_of_the_bench(
         own = os.getpriority(os.PRIO_PROCESS, 0)
         if SUBJECT_NICE == 0:  # BENCH_SUBJECT_NICE=0: measured as equals, by request
             assert os.getpriority(os.PRIO_PROCESS, relay.pid) == own
-        elif subjects_prioritized():
+        elif relay.ahead:
+            assert subjects_prioritized()
             assert os.getpriority(os.PRIO_PROCESS, relay.pid) == SUBJECT_NICE < own
         else:
             assert os.getpriority(os.PRIO_PROCESS, relay.pid) == own
             assert "cannot set the relays' nice" in capsys.readouterr().err
     with Server(["-m", "bench.upstream", "--tokens", "1"]) as generator:
+        assert not generator.ahead
         assert os.getpriority(os.PRIO_PROCESS, generator.pid) == own
 
 
