@@ -27,6 +27,16 @@ from lib.formats import Format, WholeResponse
 from lib.translate import Translator
 from lib.upstream import DRAIN_SECONDS, UpstreamStream
 
+# A read bigger than SLICE_BYTES (a backlog: the upstream is faster than the caller, or the
+# instance is busy) is translated that much per step of the event loop, about 14 events of a
+# chat stream, and written once HOLD_BYTES of output are ready or the read is done. With 8
+# unpaced streams, a new request's first byte took 4.1 ms against the pass-through's 3.4 (16
+# KiB slices, each written: 14.1 ms) for the same CPU per event; a write per 4 KiB slice cost
+# 60% more CPU (each write wakes the caller's socket), and copying the rest of the read at
+# every slice as much again (docs/performance.md, eleventh pass).
+SLICE_BYTES = 4 * 1024
+HOLD_BYTES = 16 * 1024
+
 
 def translator_for(fmt: Format, upstream: UpstreamSettings, limits: StreamLimits) -> Translator:
     """The stream's translator, with the upstream's line limit and key (never echoed) and the
@@ -74,9 +84,9 @@ async def relay(
     are paid per event: the clock is read once after a read and once after a write (each
     reading serves the next step too), and a read that finds bytes already buffered returns
     them without waiting (its timer is the stream's one, already armed). A read bigger than
-    16 KiB (a backlog: the upstream is faster than the caller, or the instance is busy) is
-    relayed in slices with the event loop let through in between, so that one fast stream
-    cannot hold up every other stream and a new request's first byte for the whole of it."""
+    SLICE_BYTES (a backlog) is relayed in slices with the event loop let through in between,
+    so that one fast stream cannot hold up every other stream and a new request's first byte
+    for the whole of it; the slices' output is written a few at a time."""
     time = loop_clock(asyncio.get_running_loop())
     said = translator.said
     finished = False  # the upstream connection went back to the pool (or was dropped) in order
@@ -95,19 +105,20 @@ async def relay(
                 await exchange.write(opening)
             clock.writing_since = None
             clock.wrote(time())
-        backlog = b""  # the rest of a read too big for one step
-        # At most this much of one read is relayed per step of the event loop (about 55
-        # events of a chat stream); at real pacing a read is one event. 16 KiB rather than 32:
-        # a new request's first byte while 8 unpaced streams ran measured 1.73x the
-        # pass-through's against 2.02x (six alternating runs each), for about 8% more CPU per
-        # unpaced event (docs/performance.md, eighth pass). No bound methods kept in locals:
-        # each is an object per open stream, for a lookup that costs next to nothing per event.
-        slice_bytes = 16 * 1024
+        # No bound methods kept in locals: each is an object per open stream, for a lookup that
+        # costs next to nothing per event.
+        big = b""  # a read too big for one step, relayed a slice at a time (SLICE_BYTES)
+        pos = 0  # where its next slice starts (0: there is no such read)
+        held: list[bytes] = []  # what its earlier slices translated to, not written yet
+        held_bytes = 0
         try:
             while not said.done:
-                if backlog:
+                if pos:
                     await asyncio.sleep(0)  # the other tasks run first
-                    chunk, backlog = backlog[:slice_bytes], backlog[slice_bytes:]
+                    chunk = big[pos : pos + SLICE_BYTES]
+                    pos += SLICE_BYTES
+                    if pos >= len(big):
+                        big, pos = b"", 0
                     now = time()
                 else:
                     try:
@@ -131,9 +142,20 @@ async def relay(
                     now = clock.last_data = time()
                     if clock.first_data is None:
                         clock.first_data = now
-                    if len(chunk) > slice_bytes:
-                        chunk, backlog = chunk[:slice_bytes], chunk[slice_bytes:]
+                    if len(chunk) > SLICE_BYTES:
+                        big, pos = chunk, SLICE_BYTES
+                        chunk = big[:SLICE_BYTES]
                 out, failure = translator.feed(chunk)
+                if pos or held:  # a big read: written once HOLD_BYTES are ready, or at its end
+                    if out:
+                        held.append(out)
+                        held_bytes += len(out)
+                    if pos and failure is None and not said.done and held_bytes < HOLD_BYTES:
+                        out = b""
+                    else:
+                        out = b"".join(held)
+                        held.clear()
+                        held_bytes = 0
                 if out:
                     clock.writing_since = now
                     await exchange.write(out)

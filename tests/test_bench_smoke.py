@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bench import memory, procs
@@ -134,3 +135,31 @@ async def test_memory_trace_names_the_lines(capsys: pytest.CaptureFixture[str]) 
     _, sites = out.split("live bytes by the line that allocated them, function minus pass-through:")
     lines = re.findall(r"^  +\+\d+ B  (\S+):(\d+)$", sites, re.MULTILINE)
     assert any(name.startswith("lib/") for name, _ in lines), sites
+
+
+async def test_the_replaying_upstream_answers_as_the_demo_does() -> None:
+    """W5's upstream (``--replay``) sends what the demo upstream sends for the same request,
+    the same again for a repeat from memory; what the demo refuses goes to the demo."""
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    flags = ["-m", "bench.upstream", "--pace", "0", "--tokens", "30"]
+    answers: dict[str, list[tuple[int, str, bytes]]] = {}
+    async with aiohttp.ClientSession() as session:
+        for name, extra in (("demo", []), ("replay", ["--replay"])):
+            with Server([*flags, *extra]) as upstream:
+                answers[name] = []
+                for payload in (body, body, {**body, "stream": False}):
+                    url = upstream.url + "/chat/completions"
+                    async with session.post(url, json=payload) as response:
+                        kind = response.headers.get("Content-Type", "")
+                        answers[name].append((response.status, kind, await response.read()))
+
+    def same_ids(answer: bytes) -> bytes:  # each demo reply numbers its id afresh
+        return re.sub(rb"chatcmpl-demo\d+", b"chatcmpl-demo", answer)
+
+    demo, replay = answers["demo"], answers["replay"]
+    assert demo[0][2].count(b'"content":" w') == 30
+    assert replay[0] == replay[1]  # the repeat, from memory
+    for ours, theirs in zip(replay, demo, strict=True):
+        assert ours[:2] == theirs[:2]
+        assert same_ids(ours[2]) == same_ids(theirs[2])
+    assert replay[2][0] == 400  # not a stream: the demo's own refusal

@@ -17,7 +17,7 @@ from lib.asgi import Exchange
 from lib.clock import StreamClock
 from lib.errors import APIError, UpstreamLineTooLong, UpstreamProtocolError
 from lib.formats import Format, OpenAIChat, OpenAICompletion, WholeResponse
-from lib.relay import relay
+from lib.relay import HOLD_BYTES, SLICE_BYTES, relay
 from lib.sse import SSEDecoder, text_of
 from lib.translate import Translator
 from lib.upstream import UpstreamStream
@@ -238,15 +238,11 @@ CHAT = (
 )
 
 
-async def test_a_backlog_is_relayed_in_slices_with_the_loop_let_through(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-) -> None:
-    """A read much bigger than one event (an upstream faster than its caller, a busy instance)
-    is relayed in slices, and other tasks (other streams, a new request) run between them
-    instead of waiting for all of it; the caller still gets every byte, in order."""
-    burst = b"".join(b"data: " + (CHAT % i).encode() + b"\n\n" for i in range(700))
-    burst += b"data: [DONE]\n\n"
-    assert 64 * 1024 < len(burst) < 128 * 1024  # several slices; within aiohttp's read buffer
+async def relay_burst(
+    aiohttp_server: Callable[..., Awaitable[TestServer]], burst: bytes
+) -> list[tuple[int, bytes]]:
+    """Relay ``burst``, already whole in the client's buffer, as a chat stream while a ticker
+    counts the steps of the event loop: each body write, with the count when it was made."""
 
     async def upstream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -293,7 +289,46 @@ async def test_a_backlog_is_relayed_in_slices_with_the_loop_let_through(
                 await relay(stream, translator, exchange, clock, ())
         finally:
             running.cancel()
-    body = [(seen, data) for seen, data in writes if data and data != b"data: [DONE]\n\n"]
-    assert b"".join(data for _, data in body) == burst.removesuffix(b"data: [DONE]\n\n")
-    assert len(body) >= 4  # 16 KiB slices of a burst over 64 KiB
-    assert body[-1][0] > body[0][0]  # the ticker ran while the backlog was being relayed
+    return [(seen, data) for seen, data in writes if data]
+
+
+def chat_burst(events: int) -> bytes:
+    return b"".join(b"data: " + (CHAT % i).encode() + b"\n\n" for i in range(events))
+
+
+async def test_a_backlog_is_relayed_in_slices_with_the_loop_let_through(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    """A read much bigger than one event (an upstream faster than its caller, a busy instance)
+    is translated a slice at a time, and other tasks (other streams, a new request) run
+    between the slices instead of waiting for all of it; the output is written a few slices
+    at a time, not a write per slice (each write wakes the caller's socket); the caller still
+    gets every byte, in order."""
+    events = chat_burst(700)
+    burst = events + b"data: [DONE]\n\n"
+    assert 64 * 1024 < len(burst) < 128 * 1024  # several slices; within aiohttp's read buffer
+    writes = await relay_burst(aiohttp_server, burst)
+    body = [(seen, data) for seen, data in writes if data != b"data: [DONE]\n\n"]
+    assert b"".join(data for _, data in body) == events
+    slices = len(burst) // SLICE_BYTES
+    # A step of the loop per slice, but the last of each read (at most two reads of 64 KiB).
+    assert body[-1][0] - body[0][0] >= slices - 2 - HOLD_BYTES // SLICE_BYTES
+    assert 4 <= len(body) <= len(burst) // HOLD_BYTES + 2  # held: not a write per slice
+    assert all(len(data) < HOLD_BYTES + SLICE_BYTES for _, data in body)
+
+
+async def test_a_failure_inside_a_backlog_comes_after_what_was_held(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    """An upstream error in the middle of a big read: the events before it that were
+    translated but held for a later write still reach the caller, before the error."""
+    events = chat_burst(300)
+    error = b'data: {"error":{"message":"overloaded","type":"server_error"}}\n\n'
+    burst = events + error + chat_burst(300)
+    writes = await relay_burst(aiohttp_server, burst)
+    relayed = b"".join(data for _, data in writes)
+    assert relayed.startswith(events)
+    trailer = relayed.removeprefix(events)
+    assert b"overloaded" in trailer
+    assert b"tok0" not in trailer  # nothing after the error
+    assert b"[DONE]" not in trailer
