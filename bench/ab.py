@@ -2,7 +2,7 @@
 
     git archive <commit> | tar -x -C /tmp/base      # the tree before the change
     .venv/bin/python -m bench.ab /tmp/base --streams 100 --rounds 4 [--query ?format=ui]
-        [--body chat|prompt] [--shape text|reasoning|tools]
+        [--body chat|prompt] [--shape text|reasoning|tools] [--unpaced 2000 --streams 8]
 
 Every round starts a fresh relay process per subject (the pass-through, the function from
 ``base``, the function from this tree), the order rotating per round, and runs ``streams``
@@ -12,6 +12,10 @@ as the suite's do (``AHEAD_UP_TO_STREAMS`` in bench/run.py; ``BENCH_SUBJECT_NICE
 equals). Prints each subject's CPU per 100k upstream events and memory per stream (median
 [range]), and the paired ratios per round: head / base, head / pass-through, base /
 pass-through. How each change in docs/performance.md was measured (issue 15).
+
+``--unpaced TOKENS``: streams of TOKENS events with no delay, all started at once, from an
+upstream that replays its replies from memory (bench/upstream.py, ``--replay``), so that the
+relays, not the upstream, are the limit; the relays run as equals (each needs a whole core).
 """
 
 from __future__ import annotations
@@ -45,13 +49,20 @@ from bench.run import (
 
 
 async def _run(
-    root: Path, kind: str, upstream: str, url_query: str, body: bytes, streams: int, events: int
+    root: Path,
+    kind: str,
+    upstream: str,
+    url_query: str,
+    body: bytes,
+    streams: int,
+    events: int,
+    paced: bool = True,
 ) -> dict[str, float]:
     relay = Server(
         ["-m", "bench.subject", kind, "--upstream", upstream],
         log=RESULTS / "logs" / f"ab-{kind}.log",
         root=root,
-        subject=streams <= AHEAD_UP_TO_STREAMS,
+        subject=paced and streams <= AHEAD_UP_TO_STREAMS,
     )
     try:
         url = relay.url + url_query
@@ -60,7 +71,8 @@ async def _run(
         peak = base
         cpu0 = cpu_seconds(relay.pid)
         kernel0 = kernel_counts(relay.pid)
-        task = asyncio.create_task(run_streams(url, body, streams, stagger=1.0))
+        stagger = 1.0 if paced else 0.0
+        task = asyncio.create_task(run_streams(url, body, streams, stagger=stagger))
         while not task.done():
             peak = max(peak, rss_bytes(relay.pid))
             await asyncio.sleep(0.05)  # sampling the relay's memory (bench pacing)
@@ -88,13 +100,16 @@ def _fmt(values: list[float]) -> str:
 
 
 async def ab(args: argparse.Namespace) -> None:
+    paced = args.unpaced is None
+    tokens = 200 if paced else args.unpaced
+    pacing = ["--pace", "0.02"] if paced else ["--pace", "0", "--replay"]
     upstream = Server(
-        ["-m", "bench.upstream", "--pace", "0.02", "--tokens", "200"],
+        ["-m", "bench.upstream", *pacing, "--tokens", str(tokens)],
         log=RESULTS / "logs" / "ab-upstream.log",
     )
     extra = SHAPES.get(args.shape, {})
     fn_body = FN_PROMPT if args.body == "prompt" else (fn_chat(**extra) if extra else FN_CHAT)
-    events = upstream_events(args.shape, 200)
+    events = upstream_events(args.shape, tokens)
     subjects = [
         ("passthrough", ROOT, "passthrough", "", chat_body(**extra)),
         ("base", Path(args.base), "function", args.query, fn_body),
@@ -109,13 +124,15 @@ async def ab(args: argparse.Namespace) -> None:
             shift = rnd % len(subjects)
             for name, root, kind, query, body in subjects[shift:] + subjects[:shift]:
                 up = upstream.url
-                runs[name].append(await _run(root, kind, up, query, body, args.streams, events))
+                result = await _run(root, kind, up, query, body, args.streams, events, paced)
+                runs[name].append(result)
             last = {name: f"{r[-1]['cpu']:.2f}" for name, r in runs.items() if r}
             print(f"round {rnd + 1}: CPU s/100k {last}", flush=True)
     finally:
         upstream.stop()
     print(
-        f"{args.streams} paced streams, {args.rounds} rounds, query {args.query!r}, "
+        f"{args.streams} {'paced' if paced else 'unpaced'} streams of {tokens} tokens, "
+        f"{args.rounds} rounds, query {args.query!r}, "
         f"body {args.body}, shape {args.shape}"
     )
     for name, r in runs.items():
@@ -144,7 +161,7 @@ async def ab(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="A/B the function of two trees, paced")
+    parser = argparse.ArgumentParser(description="A/B the function of two trees, paced or unpaced")
     parser.add_argument("base", help="the other tree (e.g. git archive of the commit before)")
     parser.add_argument("--head", default=str(ROOT), help="the tree to compare (default: this)")
     parser.add_argument(
@@ -155,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--query", default="", help="e.g. ?format=ui")
     parser.add_argument("--body", choices=("chat", "prompt"), default="chat")
     parser.add_argument("--shape", choices=("text", *SHAPES), default="text")
+    parser.add_argument(
+        "--unpaced", type=int, metavar="TOKENS", help="unpaced streams of TOKENS events each"
+    )
     args = parser.parse_args(argv)
     args.base, args.head = (str(Path(p).resolve()) for p in (args.base, args.head))
     specs = (v.partition("=") for v in args.variant)

@@ -54,7 +54,8 @@ _HOP_BY_HOP = {"content-length", "transfer-encoding", "connection", "date", "ser
 
 
 def demo_upstream(pace: float, tokens: int) -> DemoUpstream:
-    # Thinking and tool calls as long as the reply, for W2's reasoning and tools variants.
+    """The demo upstream, with thinking and tool calls as long as the reply (for W2's and W6's
+    reasoning and tools variants)."""
     return DemoUpstream(
         pace=pace,
         reply=reply_of(tokens),
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         "--replay", action="store_true", help="serve each distinct reply from memory (unpaced)"
     )
     args = parser.parse_args(argv)
+    if args.replay and args.pace != 0:
+        parser.error("--replay serves unpaced replies: use it with --pace 0")
     raise_fd_limit()
     fast_loop_policy()
     try:
