@@ -28,12 +28,13 @@ from lib.translate import Translator
 from lib.upstream import DRAIN_SECONDS, UpstreamStream
 
 # A read bigger than SLICE_BYTES (a backlog: the upstream is faster than the caller, or the
-# instance is busy) is translated that much per step of the event loop, about 14 events of a
-# chat stream, and written once HOLD_BYTES of output are ready or the read is done. With 8
-# unpaced streams, a new request's first byte took 4.1 ms against the pass-through's 3.4 (16
-# KiB slices, each written: 14.1 ms) for the same CPU per event; a write per 4 KiB slice cost
-# 60% more CPU (each write wakes the caller's socket), and copying the rest of the read at
-# every slice as much again (docs/performance.md, eleventh pass).
+# instance is busy) is translated at most that much per step of the event loop, about 14
+# events of a chat stream, each slice ending where an event does (Translator.slice_end), and
+# written once HOLD_BYTES of output are ready or the read is done. With 8 unpaced streams, a
+# new request's first byte took 3.1 ms against the pass-through's 3.1–4.2 (16 KiB slices, each
+# written: 14.1 ms), for 0.69x the CPU per unpaced event; a write per 4 KiB slice cost 60% more
+# CPU (each write wakes the caller's socket), and copying the rest of the read at every slice
+# as much again (docs/performance.md, eleventh pass).
 SLICE_BYTES = 4 * 1024
 HOLD_BYTES = 16 * 1024
 
@@ -115,8 +116,9 @@ async def relay(
             while not said.done:
                 if pos:
                     await asyncio.sleep(0)  # the other tasks run first
-                    chunk = big[pos : pos + SLICE_BYTES]
-                    pos += SLICE_BYTES
+                    end = translator.slice_end(big, pos, SLICE_BYTES)
+                    chunk = big[pos:end]
+                    pos = end
                     if pos >= len(big):
                         big, pos = b"", 0
                     now = time()
@@ -143,8 +145,8 @@ async def relay(
                     if clock.first_data is None:
                         clock.first_data = now
                     if len(chunk) > SLICE_BYTES:
-                        big, pos = chunk, SLICE_BYTES
-                        chunk = big[:SLICE_BYTES]
+                        big, pos = chunk, translator.slice_end(chunk, 0, SLICE_BYTES)
+                        chunk = big[:pos]
                 out, failure = translator.feed(chunk)
                 if pos or held:  # a big read: written once HOLD_BYTES are ready, or at its end
                     if out:

@@ -171,6 +171,19 @@ class Translator:
         out, failure = self.feed_events(self._decoder.feed(data[pos:]))
         return head + out, failure
 
+    def slice_end(self, data: bytes, start: int, most: int) -> int:
+        """Where a slice of a big read (``lib/relay.py``) that starts at ``start`` and holds at
+        most ``most`` bytes should end: at an event's end, so that the next slice starts on an
+        event and its events are matched in place. A slice cut inside an event sends that event
+        and every event after it in the next slice through the decoder (unpaced, 0.43 against
+        0.29 s / 100k events). Mid-event (the decoder holds the start of one), at that event's
+        end; with no event end within ``most``, ``most`` bytes on."""
+        if self._decoder.idle:
+            end = data.rfind(b"\n\n", start, start + most)
+        else:
+            end = data.find(b"\n\n", start, start + most)
+        return start + most if end < 0 else end + 2
+
     def end(self) -> None:
         """The upstream body ended: a clean end only after ``[DONE]`` or a finish reason."""
         said = self.said

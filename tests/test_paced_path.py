@@ -332,3 +332,44 @@ async def test_a_failure_inside_a_backlog_comes_after_what_was_held(
     assert b"overloaded" in trailer
     assert b"tok0" not in trailer  # nothing after the error
     assert b"[DONE]" not in trailer
+
+
+def test_a_backlog_cut_where_slice_end_says_is_relayed_in_place() -> None:
+    """Slices of a big read end where events do, so that each one after the first is whole
+    events the chat format relays as they came (the bytes themselves, no step through the
+    decoder); cut at fixed offsets, every slice after the first starts inside an event."""
+    read = chat_burst(400)
+    translator = Translator(OpenAIChat(include_usage=False))
+    start, in_place, relayed = 0, 0, []
+    while start < len(read):
+        end = translator.slice_end(read, start, SLICE_BYTES)
+        assert end - start <= SLICE_BYTES
+        assert read[:end].endswith(b"\n\n")
+        piece = read[start:end]
+        out, failure = translator.feed(piece)
+        assert failure is None
+        in_place += out is piece
+        relayed.append(out)
+        start = end
+    assert b"".join(relayed) == read
+    # All but the first: its first event is parsed, and the template learned from it.
+    assert in_place == len(relayed) - 1 >= len(read) // SLICE_BYTES
+
+    fixed = Translator(OpenAIChat(include_usage=False))
+    pieces = [read[i : i + SLICE_BYTES] for i in range(0, len(read), SLICE_BYTES)]
+    assert not any(fixed.feed(piece)[0] is piece for piece in pieces[1:])
+
+
+def test_slice_end_inside_an_event_and_past_a_long_one() -> None:
+    """Mid-event (the decoder holds the start of one) a slice ends with that event, so that
+    only its rest goes through the decoder; an event longer than a slice is cut at the
+    slice's size."""
+    events = chat_burst(40)
+    translator = Translator(OpenAIChat(include_usage=False))
+    translator.feed(events[:10])  # the start of the first event
+    rest = events[10:]
+    assert translator.slice_end(rest, 0, SLICE_BYTES) == rest.index(b"\n\n") + 2
+    long = b"data: " + b"x" * (3 * SLICE_BYTES) + b"\n\n"
+    assert Translator(OpenAIChat(include_usage=False)).slice_end(long, 0, SLICE_BYTES) == (
+        SLICE_BYTES
+    )
