@@ -27,10 +27,11 @@ from lib.formats import Format, WholeResponse
 from lib.translate import Translator
 from lib.upstream import DRAIN_SECONDS, UpstreamStream
 
-# A read bigger than SLICE_BYTES (a backlog: the upstream is faster than the caller, or the
-# instance is busy) is translated at most that much per step of the event loop, about 14
+# A read bigger than HOLD_BYTES (a backlog: the upstream is faster than the caller, or the
+# instance is busy) is translated at most SLICE_BYTES per step of the event loop, about 14
 # events of a chat stream, each slice ending where an event does (Translator.slice_end), and
-# written once HOLD_BYTES of output are ready or the read is done. With 8 unpaced streams, a
+# written once HOLD_BYTES of output are ready or the read is done; a smaller read (at real
+# pacing, one event; a few on a saturated instance) is relayed in one step, in one write. With 8 unpaced streams, a
 # new request's first byte took 3.1 ms against the pass-through's 3.1–4.2 (16 KiB slices, each
 # written: 14.1 ms), for 0.69x the CPU per unpaced event; a write per 4 KiB slice cost 60% more
 # CPU (each write wakes the caller's socket), and copying the rest of the read at every slice
@@ -85,7 +86,7 @@ async def relay(
     are paid per event: the clock is read once after a read and once after a write (each
     reading serves the next step too), and a read that finds bytes already buffered returns
     them without waiting (its timer is the stream's one, already armed). A read bigger than
-    SLICE_BYTES (a backlog) is relayed in slices with the event loop let through in between,
+    HOLD_BYTES (a backlog) is relayed in slices with the event loop let through in between,
     so that one fast stream cannot hold up every other stream and a new request's first byte
     for the whole of it; the slices' output is written a few at a time."""
     time = loop_clock(asyncio.get_running_loop())
@@ -108,7 +109,7 @@ async def relay(
             clock.wrote(time())
         # No bound methods kept in locals: each is an object per open stream, for a lookup that
         # costs next to nothing per event.
-        big = b""  # a read too big for one step, relayed a slice at a time (SLICE_BYTES)
+        big = b""  # a read too big for one step (HOLD_BYTES), relayed a slice at a time
         pos = 0  # where its next slice starts (0: there is no such read)
         held: list[bytes] = []  # what its earlier slices translated to, not written yet
         held_bytes = 0
@@ -144,7 +145,7 @@ async def relay(
                     now = clock.last_data = time()
                     if clock.first_data is None:
                         clock.first_data = now
-                    if len(chunk) > SLICE_BYTES:
+                    if len(chunk) > HOLD_BYTES:
                         big, pos = chunk, translator.slice_end(chunk, 0, SLICE_BYTES)
                         chunk = big[:pos]
                 out, failure = translator.feed(chunk)

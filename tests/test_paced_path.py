@@ -317,6 +317,18 @@ async def test_a_backlog_is_relayed_in_slices_with_the_loop_let_through(
     assert all(len(data) < HOLD_BYTES + SLICE_BYTES for _, data in body)
 
 
+async def test_a_read_of_a_few_events_is_relayed_in_one_step(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    """A read up to HOLD_BYTES (a saturated instance finds a few events per read) is not
+    sliced: one write, with no step of the loop let through before it."""
+    events = chat_burst(60)
+    assert SLICE_BYTES < len(events) < HOLD_BYTES
+    writes = await relay_burst(aiohttp_server, events + b"data: [DONE]\n\n")
+    assert [data for _, data in writes] == [events, b"data: [DONE]\n\n"]
+    assert writes[0][0] == 0  # the ticker never ran: the relay did not yield
+
+
 async def test_a_failure_inside_a_backlog_comes_after_what_was_held(
     aiohttp_server: Callable[..., Awaitable[TestServer]],
 ) -> None:
