@@ -31,11 +31,11 @@ from lib.upstream import DRAIN_SECONDS, UpstreamStream
 # instance is busy) is translated at most SLICE_BYTES per step of the event loop, about 14
 # events of a chat stream, each slice ending where an event does (Translator.slice_end), and
 # written once HOLD_BYTES of output are ready or the read is done; a smaller read (at real
-# pacing, one event; a few on a saturated instance) is relayed in one step, in one write. With 8 unpaced streams, a
-# new request's first byte took 3.1 ms against the pass-through's 3.1–4.2 (16 KiB slices, each
-# written: 14.1 ms), for 0.69x the CPU per unpaced event; a write per 4 KiB slice cost 60% more
-# CPU (each write wakes the caller's socket), and copying the rest of the read at every slice
-# as much again (docs/performance.md, eleventh pass).
+# pacing, one event; a few on a saturated instance) is relayed in one step, in one write.
+# With 8 unpaced streams, a new request's first byte took 3.2 ms against the pass-through's
+# 3.1 (16 KiB slices, each written: 14.1 ms), for 0.69x the CPU per unpaced event; a write per
+# 4 KiB slice cost 60% more CPU (each write wakes the caller's socket), and copying the rest of
+# the read at every slice as much again (docs/performance.md, eleventh pass).
 SLICE_BYTES = 4 * 1024
 HOLD_BYTES = 16 * 1024
 
