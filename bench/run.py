@@ -185,7 +185,8 @@ def upstream_events(shape: str, tokens: int) -> int:
 # of its own, and the co-scheduled upstream and client only preempt it. Past it (W3 at 500 and
 # 1,000 streams) and in the unpaced workloads (W2, W5) a relay saturates its core and the
 # machine is the limit: a relay ahead of them would starve the upstream and the clients (on
-# time at 1,000 streams 0.69x direct reading's, W5's pass-through first byte 280 ms against 160;
+# time at 1,000 streams 0.69x direct reading's, W5's pass-through first byte 280 ms against 160
+# while its upstream still made every reply afresh;
 # docs/performance.md, tenth pass), so there they share the cores as equals.
 AHEAD_UP_TO_STREAMS = 100
 

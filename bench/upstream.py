@@ -111,16 +111,13 @@ class Replay:
 
 
 async def serve(host: str, port: int, pace: float, tokens: int, *, replay: bool = False) -> None:
-    middlewares = []
-    if replay:
+    demo = demo_upstream(pace, tokens)
+    if replay:  # the same app on a private port makes each reply once
         source = web.AppRunner(demo_upstream(pace, tokens).app, access_log=None)
         await source.setup()
-        private = web.TCPSite(source, "127.0.0.1", 0)
-        await private.start()
+        await web.TCPSite(source, "127.0.0.1", 0).start()
         source_host, source_port = source.addresses[0][:2]
-        middlewares.append(Replay(f"http://{source_host}:{source_port}").middleware)
-    demo = demo_upstream(pace, tokens)
-    demo.app.middlewares.extend(middlewares)
+        demo.app.middlewares.append(Replay(f"http://{source_host}:{source_port}").middleware)
     runner = web.AppRunner(demo.app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096)
