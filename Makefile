@@ -64,7 +64,7 @@ deps-browser:
 test: $(STAMP) deps-redis deps-js deps-browser deps-vercel lint
 	$(BIN)/python -m pytest $(ARGS)
 
-bench: $(STAMP)
+bench: $(STAMP) deps-vercel
 	$(BIN)/python -m bench $(ARGS)
 
 # Build the working tree with the real `vercel build` (offline) and print the function bundle.

@@ -12,7 +12,14 @@ from the spawn to the headers of its first streamed answer, from the demo upstre
 the project's ``api/generate.py``, with aiohttp's pins from ``requirements.txt``.
 
 Subjects alternate within each round and the order rotates; medians and ranges are reported,
-and results go to ``bench/results/cold_start_bundle.json``.
+with the ratio paired round by round (function / pass-through of the same build mode, median
+and quartiles). Beside the wall time, the CPU time the spawned process used until that answer
+(``/proc/<pid>/task/*/schedstat``): a cold start's wall time on a shared machine moves with the
+disk and the neighbours, its CPU time with the work done. And, in the same rounds, what the
+subject's own modules cost: ``import api.generate`` timed after aiohttp and asyncio, in the
+unpacked bundle with its environment. Against spawns that move by a tenth between rounds, that
+difference is the steady measure of what the function adds. Results go to
+``bench/results/cold_start_bundle.json``.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import http.client
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +38,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.procs import Server  # noqa: E402
+from bench.cold_start import paired  # noqa: E402
+from bench.procs import Server, cpu_seconds  # noqa: E402
 from dev.vercel_cli import (  # noqa: E402
     COMPILE_BYTECODE,
     Build,
@@ -69,8 +78,9 @@ def bundle_mib(built: Build) -> float:
 
 def first_answer_seconds(
     root: Path, environment: dict[str, str], python: Path, upstream: str
-) -> float:
-    """From spawning the function to the headers of its first streamed answer."""
+) -> tuple[float, float]:
+    """From spawning the function to the headers of its first streamed answer: the wall time,
+    and the CPU time the function's process had used by then."""
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **environment}
     env |= {"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": upstream}
     command = [str(python), "-S", "-c", "import vc__handler__python"]
@@ -83,10 +93,34 @@ def first_answer_seconds(
         )
         response = connection.getresponse()
         elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(runtime.process.pid)
         assert response.status == 200, response.status
         response.read()
         connection.close()
-        return elapsed
+        return elapsed, cpu
+
+
+OWN_IMPORT = (
+    "import asyncio, json, time, aiohttp; started = time.perf_counter(); import api.generate; "
+    "print(time.perf_counter() - started)"
+)
+
+
+def own_import_seconds(
+    root: Path, environment: dict[str, str], python: Path, upstream: str
+) -> float:
+    """The subject's own import: ``api.generate`` and what it brings beyond aiohttp."""
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **environment}
+    env |= {"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": upstream}
+    out = subprocess.run(  # noqa: S603 - the bundle's own interpreter, fixed arguments
+        [str(python), "-S", "-c", OWN_IMPORT],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.split()[-1])
 
 
 def main() -> None:
@@ -112,40 +146,59 @@ def main() -> None:
                 subjects[key] = (unpacked, environment, bundle_mib(built))
         python = Path(cli_environ(work / "run-bin")["PATH"].split(":", 1)[0]) / "python3"
         samples: dict[str, list[float]] = {key: [] for key in subjects}
+        cpu: dict[str, list[float]] = {key: [] for key in subjects}
+        own: dict[str, list[float]] = {key: [] for key in subjects}
         with Server(["-m", "bench.upstream", "--pace", "0", "--tokens", "4"]) as upstream:
             names = list(subjects)
             for round_number in range(args.runs):
                 shift = round_number % len(names)
                 for key in names[shift:] + names[:shift]:
                     root, environment, _ = subjects[key]
-                    samples[key].append(
-                        first_answer_seconds(root, environment, python, upstream.url)
-                    )
+                    wall, used = first_answer_seconds(root, environment, python, upstream.url)
+                    samples[key].append(wall)
+                    cpu[key].append(used)
+                    own[key].append(own_import_seconds(root, environment, python, upstream.url))
     results: dict[str, Any] = {}
     for key, values in samples.items():
         results[key] = {
             "median_ms": round(statistics.median(values) * 1000, 1),
             "min_ms": round(min(values) * 1000, 1),
             "max_ms": round(max(values) * 1000, 1),
+            "cpu_ms": round(statistics.median(cpu[key]) * 1000, 1),
+            "own_import_ms": round(statistics.median(own[key]) * 1000, 1),
             "bundle_mib": subjects[key][2],
         }
     for mode in ("default", "bytecode"):
-        ratio = (
-            results[f"function, {mode}"]["median_ms"]
-            / results[f"pass-through, {mode}"]["median_ms"]
+        ours, base = f"function, {mode}", f"pass-through, {mode}"
+        results[f"ratio, {mode}"] = {
+            "of_medians": round(results[ours]["median_ms"] / results[base]["median_ms"], 2),
+            "per_round": paired(samples[ours], samples[base]),
+            "cpu_per_round": paired(cpu[ours], cpu[base]),
+        }
+        added = results[ours]["own_import_ms"] - results[base]["own_import_ms"]
+        results[f"ratio, {mode}"]["added_by_own_import_ms"] = round(added, 1)
+        results[f"ratio, {mode}"]["pass_through_plus_added"] = round(
+            1 + added / results[base]["median_ms"], 2
         )
-        results[f"ratio, {mode}"] = round(ratio, 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"cold start of the built bundle, spawn -> first answer's headers ({args.runs} runs)")
     for key, row in results.items():
-        if isinstance(row, dict):
+        if "median_ms" in row:
             print(
                 f"  {key:26} {row['median_ms']:7.1f} ms  [{row['min_ms']:.0f}..{row['max_ms']:.0f}]"
+                f"  CPU {row['cpu_ms']:6.1f} ms  own import {row['own_import_ms']:5.1f} ms"
                 f"  bundle {row['bundle_mib']} MiB"
             )
         else:
-            print(f"  {key:26} {row}x function / pass-through")
+            wall, used = row["per_round"], row["cpu_per_round"]
+            print(
+                f"  {key:26} function / pass-through: {row['of_medians']}x of the medians;"
+                f" per round {wall['median']}x [{wall['q1']}..{wall['q3']}],"
+                f" CPU {used['median']}x [{used['q1']}..{used['q3']}];"
+                f" own modules +{row['added_by_own_import_ms']} ms,"
+                f" {row['pass_through_plus_added']}x the pass-through's median"
+            )
 
 
 if __name__ == "__main__":
