@@ -786,7 +786,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                 f" own modules +{row['added_by_own_import_ms']} ms"
                 f" ({row['pass_through_plus_added']}x)"
             )
-            name = f"W4 deployed cold start vs pass-through, {mode} <= 1.15x"
+            name = f"W4 deployed cold start, {mode} <= 1.15x"
             rows.append((name, shown, per_round["median"] <= 1.15))
     return rows
 

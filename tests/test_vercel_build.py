@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import re
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from bench.cold_start_bundle import own_import_seconds
 from dev.demo_upstream import DemoUpstream
 from dev.vercel_cli import (
     COMPILE_BYTECODE,
@@ -44,7 +46,7 @@ from dev.vercel_cli import (
 )
 from tests.conftest import CANARY_KEY
 from tests.vercel_api import vercel_api
-from tests.vercel_harness import IpcRuntime, ipc_runtime, sse_data
+from tests.vercel_harness import START_TIMEOUT, IpcRuntime, ipc_runtime, sse_data
 
 pytestmark = [
     pytest.mark.vercel,
@@ -307,3 +309,19 @@ async def test_a_compiled_function_starts_from_its_bytecode(
     assert events[-1] == "[DONE]"
     text = "".join(json.loads(data)["choices"][0]["text"] for data in events[:-1])
     assert text == demo.reply
+
+
+def test_the_cold_start_bench_times_the_bundles_own_modules(
+    local_build: Build, workdir: Path, served_upstream: tuple[DemoUpstream, str]
+) -> None:
+    """``bench.cold_start_bundle`` reports what the function's own modules add to a deployed
+    cold start by importing them in the unpacked bundle, with the bundle's interpreter and
+    environment: those modules and no others (the tree's ``lib/`` is not on its path)."""
+    unpacked = materialize(local_build, workdir / "unpacked-own-import")
+    python = Path(cli_environ(workdir / "run-bin")["PATH"].split(":", 1)[0]) / "python3"
+    environment = dict(local_build.vc_config()["environment"])  # type: ignore[call-overload]
+    seconds = own_import_seconds(unpacked, environment, python, served_upstream[1])
+    assert 0 < seconds < START_TIMEOUT
+    (unpacked / "lib" / "handler.py").write_text("this is not python\n")
+    with pytest.raises(subprocess.CalledProcessError):
+        own_import_seconds(unpacked, environment, python, served_upstream[1])
