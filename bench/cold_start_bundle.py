@@ -14,11 +14,11 @@ the project's ``api/generate.py``, with aiohttp's pins from ``requirements.txt``
 Subjects alternate within each round and the order rotates; medians and ranges are reported,
 with the ratio paired round by round (function / pass-through of the same build mode, median
 and quartiles). Beside the wall time, the CPU time the spawned process used until that answer
-(``/proc/<pid>/task/*/schedstat``): a cold start's wall time on a shared machine moves with the
-disk and the neighbours, its CPU time with the work done. And, in the same rounds, what the
-subject's own modules cost: ``import api.generate`` timed after aiohttp and asyncio, in the
-unpacked bundle with its environment. Against spawns that move by a tenth between rounds, that
-difference is the steady measure of what the function adds. Results go to
+(``/proc/<pid>/task/*/schedstat``): the two agree where a cold start is all CPU, and part where
+it waits on a slow disk. And, in the same rounds, what the subject's own modules cost:
+``import api.generate`` timed after aiohttp and asyncio, in the unpacked bundle with its
+environment. Against spawns that move by a fifth between rounds, the function's minus the
+pass-through's is the steady measure of what the function adds. Results go to
 ``bench/results/cold_start_bundle.json``.
 """
 

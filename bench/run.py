@@ -71,7 +71,7 @@ class Scale:
     w3_pace: float = 0.02
     w3_stagger: float = 1.0
     w4_runs: int = 7
-    w4_bundle_runs: int = 15  # a deployed cold start moves by a tenth between rounds
+    w4_bundle_runs: int = 15  # a deployed cold start moves by a fifth between rounds
     w5_rounds: int = 5
     w5_samples: int = 10
     w6_rounds: int = 5  # the formats sit near their line: 3 rounds moved by 0.2x between runs
