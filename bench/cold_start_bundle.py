@@ -76,13 +76,18 @@ def bundle_mib(built: Build) -> float:
     return round(sum(path.stat().st_size for path in built.bundle().values()) / 2**20, 1)
 
 
+def _environ(environment: dict[str, str], upstream: str) -> dict[str, str]:
+    """What the platform gives the bundle's process (its .vc-config.json), and the upstream."""
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **environment}
+    return env | {"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": upstream}
+
+
 def first_answer_seconds(
     root: Path, environment: dict[str, str], python: Path, upstream: str
 ) -> tuple[float, float]:
     """From spawning the function to the headers of its first streamed answer: the wall time,
     and the CPU time the function's process had used by then."""
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **environment}
-    env |= {"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": upstream}
+    env = _environ(environment, upstream)
     command = [str(python), "-S", "-c", "import vc__handler__python"]
     body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True})
     started = time.perf_counter()
@@ -110,8 +115,7 @@ def own_import_seconds(
     root: Path, environment: dict[str, str], python: Path, upstream: str
 ) -> float:
     """The subject's own import: ``api.generate`` and what it brings beyond aiohttp."""
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **environment}
-    env |= {"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": upstream}
+    env = _environ(environment, upstream)
     out = subprocess.run(  # noqa: S603 - the bundle's own interpreter, fixed arguments
         [str(python), "-S", "-c", OWN_IMPORT],
         cwd=root,
